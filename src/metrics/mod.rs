@@ -1,0 +1,4 @@
+//! Counters and histograms behind `/invalidate/metrics` and `/metrics`.
+mod histogram;
+
+pub use histogram::{LatencyHistogram, LatencySummary};
