@@ -1,1 +1,41 @@
-fn main() {}
+//! `invalidator-load`: our load generator. Keep-alive hyper clients, HDR histograms, a
+//! progress bar on stderr, a summary on stdout (and JSON with `--json`).
+//!
+//! Scenarios:
+//! * `keys`: C connections driving `POST /invalidate/key` as fast as the server answers.
+
+mod common;
+mod keys;
+
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "invalidator-load", about = "Load generator for invalidator")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Drive POST /invalidate/key with C keep-alive connections.
+    Keys(keys::KeysArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.scenario {
+        Scenario::Keys(a) => keys::run(a).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("invalidator-load: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,112 +1,55 @@
-//! Indexes that route an invalidation to connections without scanning everything:
-//! the subscription-pattern index and the tracked-key index.
+//! Indexes that route an invalidation to connections without scanning everything: the
+//! subscription-pattern index ([`SubscriptionIndex`], `subs.rs`) and the tracked-key index
+//! ([`TrackedIndex`], `tracked.rs`).
 //!
-//! OWNER: index helper. Current content is the API the fan-out codes against; the
-//! implementation fills it in without changing the signatures.
+//! # Design
+//!
+//! Patterns are split by class, because no single automaton scales to thousands of mixed
+//! patterns (NOTES.md "Matching many subscription patterns"):
+//!
+//! * exact keys and prefixes live in a forward byte trie (`trie.rs`), suffixes (and exact keys
+//!   again) in a trie of reversed bytes, so matching one key is one walk over its bytes in each
+//!   trie: O(key length), whatever the number of patterns;
+//! * globs and regexes are compiled together into a few multi-pattern dense DFAs
+//!   (`automata.rs`), rebuilt off the hot path; patterns subscribed since the last build wait
+//!   in a short "pending" list checked one by one;
+//! * tracked keys live in a hash map (one-shot `take_key` is one lookup) plus an `fst::Set` of
+//!   all keys and one of the reversed keys (base) with a small in-memory delta, so a pattern
+//!   lookup walks only the part of the key space the pattern can reach.
+//!
+//! `shape.rs` is the one place that turns a [`Pattern`](crate::pattern::Pattern) into what the
+//! indexes need (its literal, its literal prefix, its regex source).
+//!
+//! # Concurrency
+//!
+//! Publishing is serialised by the caller; subscribe/track calls come concurrently from the
+//! connection tasks. Each index keeps its mutable state behind one `parking_lot::RwLock` with
+//! short critical sections; the expensive rebuilds (DFA compilation, fst construction) run on
+//! a background thread from a snapshot taken under the read lock and are installed with an
+//! O(delta) step under the write lock.
 
-use std::sync::Arc;
+mod automata;
+mod shape;
+mod subs;
+mod tracked;
+mod trie;
 
-use crate::pattern::Pattern;
+pub use subs::SubscriptionIndex;
+pub use tracked::{TrackedIndex, TrackedStats};
 
 /// Identifies one WebSocket connection for the lifetime of the process.
 pub type ConnId = u64;
 
-/// Every connection's subscription patterns, indexed so that one key (or one invalidation
-/// pattern) finds the matching connections without a scan over all patterns.
-#[derive(Default)]
-pub struct SubscriptionIndex {}
-
-impl SubscriptionIndex {
-    pub fn new() -> Self {
-        SubscriptionIndex {}
-    }
-
-    /// Add `pattern` for `conn` (a repeat of the same pattern and type is a no-op).
-    pub fn subscribe(&self, conn: ConnId, pattern: Arc<Pattern>) {
-        let _ = (conn, pattern);
-    }
-
-    /// Remove `pattern` (same source and type) for `conn`; returns whether it was there.
-    pub fn unsubscribe(&self, conn: ConnId, pattern: &Pattern) -> bool {
-        let _ = (conn, pattern);
-        false
-    }
-
-    pub fn remove_conn(&self, conn: ConnId) {
-        let _ = conn;
-    }
-
-    /// Push every connection with a subscription matching `key` onto `out` (a connection may
-    /// appear more than once; the caller deduplicates).
-    pub fn match_key(&self, key: &str, out: &mut Vec<ConnId>) {
-        let _ = (key, out);
-    }
-
-    /// Push every connection with a subscription whose key set may overlap `pattern`.
-    pub fn match_pattern(&self, pattern: &Pattern, out: &mut Vec<ConnId>) {
-        let _ = (pattern, out);
-    }
-
-    /// Number of (connection, pattern) subscriptions.
-    pub fn len(&self) -> usize {
-        0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+/// Spawn `job` on a named background thread. A failure to spawn (resource exhaustion) is not
+/// fatal: the caller's `running` flag is reset so the next trigger retries, and the indexes
+/// stay correct (only slower) without the rebuild.
+fn spawn_background(name: &str, running: &std::sync::atomic::AtomicBool, job: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new().name(name.to_string()).spawn(job);
+    if let Err(err) = spawned {
+        running.store(false, std::sync::atomic::Ordering::Release);
+        tracing::warn!(error = %err, thread = name, "could not spawn index rebuild thread");
     }
 }
 
-/// Keys each connection said it holds (one-shot, as in Redis client-side caching), with an
-/// fst over all tracked keys (base + delta) for pattern lookups.
-#[derive(Default)]
-pub struct TrackedIndex {}
-
-impl TrackedIndex {
-    pub fn new() -> Self {
-        TrackedIndex {}
-    }
-
-    /// Track `key` for `conn`; returns how many keys `conn` tracks now.
-    pub fn track(&self, conn: ConnId, key: &str) -> usize {
-        let _ = (conn, key);
-        0
-    }
-
-    /// Stop tracking; returns how many keys `conn` tracks now.
-    pub fn untrack(&self, conn: ConnId, key: &str) -> usize {
-        let _ = (conn, key);
-        0
-    }
-
-    pub fn remove_conn(&self, conn: ConnId) {
-        let _ = conn;
-    }
-
-    /// One-shot: remove `key` from every connection tracking it and push those connections.
-    pub fn take_key(&self, key: &str, out: &mut Vec<ConnId>) {
-        let _ = (key, out);
-    }
-
-    /// One-shot for a pattern: remove every tracked key matching `pattern` and push
-    /// (key, connection) pairs, keys in byte order.
-    pub fn take_pattern(&self, pattern: &Pattern, out: &mut Vec<(String, ConnId)>) {
-        let _ = (pattern, out);
-    }
-
-    /// Non-destructive: distinct tracked keys matching `pattern` in byte order, at most `cap`,
-    /// and the full count.
-    pub fn matches(&self, pattern: &Pattern, cap: usize) -> (Vec<String>, u64) {
-        let _ = (pattern, cap);
-        (Vec::new(), 0)
-    }
-
-    /// Number of distinct tracked keys.
-    pub fn len(&self) -> usize {
-        0
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+#[cfg(test)]
+mod tests;

@@ -1,11 +1,41 @@
 //! Pattern parsing, type inference and compiled matchers (SPEC "Patterns").
 //!
-//! OWNER: pattern helper. This file currently holds the public API the rest of the crate codes
-//! against; the implementation fills it in without changing the signatures.
+//! A [`Pattern`] is built once (usually through the [`PatternCache`]) and then shared as
+//! `Arc<Pattern>` by the HTTP layer, the subscription index and the fan-out. It is immutable.
+//!
+//! Pipeline: [`parse`] validates the text and decides its type and shape (escapes,
+//! inference, explicit types); [`compile`] turns globs and regexes into one anchored dense
+//! DFA each; [`fst`] resolves a pattern against an fst of tracked keys without scanning
+//! them all; [`overlap`] decides whether two patterns can match a common key; [`cache`] is the
+//! bounded LRU of compiled patterns.
+//!
+//! Invariants:
+//! - Matching is whole-key: a key matches when the pattern's key set contains it, never when
+//!   a part of it does.
+//! - The *matcher* is the simplest one with the same key set: a glob such as `user:*` (given
+//!   with an explicit `glob` type) is matched as a prefix, so string operations and fst ranges
+//!   serve it. [`Pattern::kind`] still reports what the client asked for;
+//!   [`Pattern::effective_kind`] reports the matcher.
+//! - Exact, prefix and suffix never build an automaton: a pattern costs its text, plus the
+//!   DFA for a glob or regex (bounded by `max_regex_bytes`).
+//! - Every answer that cannot be decided exactly errs on the side of "may match"
+//!   ([`Pattern::may_overlap`] true, [`Pattern::confined_to`] false): over-delivering an
+//!   invalidation is allowed, missing one is not, and neither is letting a restricted token out
+//!   of its prefixes.
 
-use std::sync::Arc;
+mod cache;
+mod compile;
+mod fst;
+mod overlap;
+mod parse;
 
 use serde::{Deserialize, Serialize};
+
+pub use self::cache::{CacheStats, DEFAULT_BYTE_BUDGET, PatternCache};
+pub use self::fst::FstMatches;
+
+use compile::Compiled;
+use parse::Shape;
 
 /// SPEC's five pattern types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,7 +75,10 @@ impl PatternType {
 /// Limits applied when compiling.
 #[derive(Debug, Clone, Copy)]
 pub struct PatternLimits {
+    /// Longest accepted pattern text, bytes (SPEC: 1,024).
     pub max_pattern_bytes: usize,
+    /// Bound of each compilation stage of a glob or regex (Thompson NFA, determinizer
+    /// scratch space, final DFA), bytes.
     pub max_regex_bytes: usize,
 }
 
@@ -56,7 +89,7 @@ impl Default for PatternLimits {
 }
 
 /// Why a pattern was refused. Maps to 400 `invalid_pattern` (or `validation_failed` for
-/// empty / too long).
+/// empty / too long / control characters: see [`PatternError::is_validation`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PatternError {
     #[error("pattern must not be empty")]
@@ -65,10 +98,30 @@ pub enum PatternError {
     TooLong { len: usize, max: usize },
     #[error("pattern contains an ASCII control character")]
     ControlChar,
+    /// The regex does not compile; the text is the compiler's message and position.
     #[error("invalid pattern: {0}")]
     Invalid(String),
+    /// The compiled automaton would exceed `max_regex_bytes`; simplify the pattern (fewer
+    /// counted repetitions, ASCII classes such as `(?-u:\w)` or `[0-9]` instead of Unicode ones).
     #[error("pattern exceeds the compiled size limit of {limit} bytes: {message}")]
     TooBig { limit: usize, message: String },
+}
+
+impl PatternError {
+    /// True for input-shape errors (SPEC: 400 `validation_failed`), false for patterns that do
+    /// not compile (400 `invalid_pattern`).
+    pub fn is_validation(&self) -> bool {
+        matches!(self, PatternError::Empty | PatternError::TooLong { .. } | PatternError::ControlChar)
+    }
+}
+
+/// How keys are tested: the simplest engine with the pattern's key set.
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Dfa(Box<Compiled>),
 }
 
 /// A parsed and compiled pattern. Immutable and cheap to share (`Arc`).
@@ -76,17 +129,53 @@ pub enum PatternError {
 pub struct Pattern {
     source: String,
     kind: PatternType,
+    matcher: Matcher,
+    /// For globs and regexes: the anchored regex that was compiled.
+    regex_source: Option<String>,
+    /// Longest literal every matching key starts with.
+    literal_prefix: String,
 }
 
 impl Pattern {
     /// Parse `source`, infer its type unless `explicit` is given, and compile it.
+    ///
+    /// Cost: O(len) for exact/prefix/suffix; a glob or regex builds a dense DFA, bounded by
+    /// `limits.max_regex_bytes` in memory (typically microseconds, at worst milliseconds).
     pub fn parse(
         source: &str,
         explicit: Option<PatternType>,
         limits: &PatternLimits,
     ) -> Result<Pattern, PatternError> {
-        let _ = limits;
-        Ok(Pattern { source: source.to_string(), kind: explicit.unwrap_or(PatternType::Exact) })
+        parse::validate(source, limits)?;
+        let (kind, shape) = parse::infer(source, explicit);
+        let (matcher, regex_source, literal_prefix) = match shape {
+            Shape::Exact(s) => (Matcher::Exact(s.clone()), None, s),
+            Shape::Prefix(s) => (Matcher::Prefix(s.clone()), None, s),
+            Shape::Suffix(s) => (Matcher::Suffix(s), None, String::new()),
+            Shape::Glob(tokens) => {
+                let regex = parse::glob_to_regex(&tokens);
+                let prefix = parse::glob_literal_prefix(&tokens);
+                let matcher = match parse::glob_as_literal(&tokens) {
+                    Some(Shape::Exact(s)) => Matcher::Exact(s),
+                    Some(Shape::Prefix(s)) => Matcher::Prefix(s),
+                    Some(Shape::Suffix(s)) => Matcher::Suffix(s),
+                    _ => {
+                        let hir = compile::parse_generated(&regex)?;
+                        Matcher::Dfa(Box::new(Compiled::new(&hir, limits.max_regex_bytes)?))
+                    }
+                };
+                (matcher, Some(regex), prefix)
+            }
+            Shape::Regex => {
+                let hir = compile::parse_user_regex(source)?;
+                let prefix = compile::regex_literal_prefix(&hir);
+                let anchored = compile::anchor(hir);
+                let compiled = Compiled::new(&anchored, limits.max_regex_bytes)?;
+                let regex = compile::anchored_source(source, &anchored);
+                (Matcher::Dfa(Box::new(compiled)), Some(regex), prefix)
+            }
+        };
+        Ok(Pattern { source: source.to_string(), kind, matcher, regex_source, literal_prefix })
     }
 
     /// The pattern as the client wrote it.
@@ -94,52 +183,105 @@ impl Pattern {
         &self.source
     }
 
+    /// The type the client asked for, or the inferred one.
     pub fn kind(&self) -> PatternType {
         self.kind
     }
 
+    /// The type of the engine that matches keys: `kind()`, except that a glob whose key set is
+    /// that of an exact, prefix or suffix pattern reports that simpler type.
+    pub fn effective_kind(&self) -> PatternType {
+        match &self.matcher {
+            Matcher::Exact(_) => PatternType::Exact,
+            Matcher::Prefix(_) => PatternType::Prefix,
+            Matcher::Suffix(_) => PatternType::Suffix,
+            Matcher::Dfa(_) => self.kind,
+        }
+    }
+
+    /// The exact key, the prefix text or the suffix text; None for globs and regexes.
+    pub fn literal(&self) -> Option<&str> {
+        match self.kind {
+            PatternType::Exact | PatternType::Prefix | PatternType::Suffix => self.effective_literal(),
+            PatternType::Glob | PatternType::Regex => None,
+        }
+    }
+
+    /// Like [`Pattern::literal`], for [`Pattern::effective_kind`]: also Some for a glob
+    /// matched as an exact key, a prefix or a suffix.
+    pub fn effective_literal(&self) -> Option<&str> {
+        match &self.matcher {
+            Matcher::Exact(s) | Matcher::Prefix(s) | Matcher::Suffix(s) => Some(s),
+            Matcher::Dfa(_) => None,
+        }
+    }
+
+    /// For globs and regexes: the anchored regex (`^...$`) that was compiled, in regex-syntax
+    /// form. Compile it with [`syntax_config`] (byte-level classes allowed); a match of the
+    /// whole key is then exactly this pattern's match. None for exact, prefix and suffix.
+    pub fn regex_source(&self) -> Option<&str> {
+        self.regex_source.as_deref()
+    }
+
+    /// Longest literal every matching key starts with ("" when there is none). Exact and
+    /// prefix: the text; suffix: ""; glob: the text before the first wildcard; regex: the
+    /// longest common prefix of regex-syntax's extracted prefix literals.
+    pub fn literal_prefix(&self) -> &str {
+        &self.literal_prefix
+    }
+
     /// Whether `key` is in this pattern's key set (whole-key semantics).
+    ///
+    /// Cost: a string comparison, or one DFA transition per byte. No allocation.
     pub fn is_match(&self, key: &str) -> bool {
-        key == self.source
+        match &self.matcher {
+            Matcher::Exact(s) => key == s,
+            Matcher::Prefix(s) => key.starts_with(s.as_str()),
+            Matcher::Suffix(s) => key.ends_with(s.as_str()),
+            Matcher::Dfa(c) => c.is_match(key.as_bytes()),
+        }
     }
 
     /// True only if every key this pattern can match starts with `prefix`.
+    ///
+    /// Decided on [`Pattern::literal_prefix`], which is sound for every type (for a regex,
+    /// every alternative found by literal extraction must start with it; when extraction gives
+    /// up the literal prefix is "" and only `""` is confining).
     pub fn confined_to(&self, prefix: &str) -> bool {
-        self.source.starts_with(prefix)
+        self.literal_prefix.starts_with(prefix)
     }
 
     /// False only when no key can match both patterns (exact, prefix and suffix against each
     /// other are decided exactly; glob and regex may answer true when unsure).
+    ///
+    /// Cost: string operations between literal types; otherwise a breadth-first search over
+    /// pairs of automaton states, bounded by [`OVERLAP_STATE_BUDGET`] pairs (answering true
+    /// when the budget runs out).
     pub fn may_overlap(&self, other: &Pattern) -> bool {
-        let _ = other;
-        true
+        overlap::may_overlap(self, other)
+    }
+
+    /// Approximate heap bytes held by this pattern (text, automaton, regex text).
+    pub fn memory_usage(&self) -> usize {
+        let matcher = match &self.matcher {
+            Matcher::Exact(s) | Matcher::Prefix(s) | Matcher::Suffix(s) => s.len(),
+            Matcher::Dfa(c) => c.memory_usage(),
+        };
+        self.source.len()
+            + matcher
+            + self.literal_prefix.len()
+            + self.regex_source.as_ref().map_or(0, String::len)
     }
 }
 
-/// Bounded LRU of compiled patterns, keyed by (source, explicit type).
-pub struct PatternCache {
-    limits: PatternLimits,
+pub use overlap::OVERLAP_STATE_BUDGET;
+
+/// The regex-syntax configuration [`Pattern::regex_source`] is written for: Rust regex
+/// syntax with Unicode on, but `utf8(false)` so that the byte-level classes of globs compile.
+/// Keys are always valid UTF-8, so this never changes what a key matches.
+pub fn syntax_config() -> regex_automata::util::syntax::Config {
+    regex_automata::util::syntax::Config::new().utf8(false)
 }
 
-/// Counters of the compiled-pattern cache.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub size: u64,
-}
-
-impl PatternCache {
-    pub fn new(capacity: usize, limits: PatternLimits) -> PatternCache {
-        let _ = capacity;
-        PatternCache { limits }
-    }
-
-    pub fn get(&self, source: &str, explicit: Option<PatternType>) -> Result<Arc<Pattern>, PatternError> {
-        Pattern::parse(source, explicit, &self.limits).map(Arc::new)
-    }
-
-    pub fn stats(&self) -> CacheStats {
-        CacheStats::default()
-    }
-}
+#[cfg(test)]
+mod tests;

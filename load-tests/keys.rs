@@ -1,0 +1,105 @@
+//! Scenario `keys`: C keep-alive connections each sending `POST /invalidate/key` back to back
+//! (closed loop) for a duration; per-request latency in an HDR histogram.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use invalidator::http::client::HttpClient;
+use serde_json::json;
+
+use crate::common::{BoxError, Progress, authority, cpu_seconds, fmt_us, histogram, summary};
+
+#[derive(clap::Args)]
+pub struct KeysArgs {
+    /// Server base URL.
+    #[arg(long, env = "INVALIDATOR_URL", default_value = "http://127.0.0.1:4000")]
+    url: String,
+    /// Concurrent keep-alive connections.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    connections: usize,
+    /// Seconds to run.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    duration: u64,
+    /// Keys per request.
+    #[arg(long, default_value_t = 2)]
+    keys_per_request: usize,
+    /// Bearer token.
+    #[arg(long, env = "INVALIDATOR_TOKEN")]
+    token: Option<String>,
+    /// PID of the server, to report its CPU seconds.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// A ~200-byte body with distinct keys.
+fn body(conn: usize, n: u64, keys: usize) -> String {
+    let keys: Vec<String> = (0..keys).map(|k| format!("user:{conn}:{n}:{k}:profile-settings-v2")).collect();
+    json!({"keys": keys, "triggered_by": "load-generator/keys-scenario", "request_id": null}).to_string()
+}
+
+pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
+    let addr = authority(&a.url)?;
+    let duration = Duration::from_secs(a.duration);
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let cpu_before = a.server_pid.and_then(cpu_seconds);
+    let mut clients = Vec::with_capacity(a.connections);
+    for _ in 0..a.connections {
+        clients.push(HttpClient::connect(&addr).await?);
+    }
+    let progress = Progress::start("keys", duration, done.clone());
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for (conn, mut client) in clients.into_iter().enumerate() {
+        let (done, errors, token) = (done.clone(), errors.clone(), a.token.clone());
+        let keys = a.keys_per_request;
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut n = 0u64;
+            while Instant::now() < deadline {
+                let b = body(conn, n, keys);
+                n += 1;
+                let t = Instant::now();
+                match client.post_json("/invalidate/key", b, token.as_deref()).await {
+                    Ok(r) if r.status == 200 => {
+                        let _ = h.record(t.elapsed().as_micros() as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            h
+        }));
+    }
+    let mut total = histogram();
+    for t in tasks {
+        total.add(t.await?)?;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop(progress);
+    let ok = done.load(Ordering::Relaxed);
+    let cpu = match (cpu_before, a.server_pid.and_then(cpu_seconds)) {
+        (Some(b), Some(e)) => Some(e - b),
+        _ => None,
+    };
+    println!("scenario keys: {} connections, {:.1} s, {} keys/request", a.connections, elapsed, a.keys_per_request);
+    println!("  requests ok {ok}  errors {}  throughput {:.0} req/s", errors.load(Ordering::Relaxed), ok as f64 / elapsed);
+    println!("  latency {}", fmt_us(&total));
+    if let Some(cpu) = cpu {
+        println!("  server CPU {cpu:.2} s ({:.0} req per server CPU-second)", ok as f64 / cpu.max(1e-9));
+    }
+    if let Some(path) = a.json {
+        let v = json!({"scenario": "keys", "connections": a.connections, "seconds": elapsed,
+            "requests": ok, "errors": errors.load(Ordering::Relaxed), "per_second": ok as f64 / elapsed,
+            "latency_us": summary(&total), "server_cpu_seconds": cpu});
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
+    }
+    Ok(())
+}

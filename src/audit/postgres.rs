@@ -1,0 +1,337 @@
+//! PostgreSQL store: binary `COPY` writer, idempotent replay path, and queries.
+//!
+//! Write paths (one transaction each, so a batch is in entirely or not at all):
+//! - **Fast path** ([`WriteMode::Fresh`]): `COPY invalidation_audit (...) FROM STDIN (FORMAT
+//!   binary)`, one buffer per batch. Safe without `ON CONFLICT`: the UNIQUE `request_id`
+//!   makes a COPY containing an already-stored request fail as a whole (SQLSTATE 23505) and
+//!   insert nothing, and the writer then retries the same batch on the replay path. So a
+//!   duplicate can cost a retry, never a second row.
+//! - **Replay path** ([`WriteMode::Replay`], used for retries, spool replays and the fallback
+//!   above): COPY into a per-connection temp table, then `INSERT ... SELECT ... ON CONFLICT
+//!   (request_id) DO NOTHING`, so a batch that may be partly in lands exactly once.
+//!
+//! Binary COPY format (NOTES.md): header `PGCOPY\n\xff\r\n\0`, flags i32 0, extension i32 0;
+//! per row i16 column count, then per column i32 length (-1 = NULL) and the bytes; trailer
+//! i16 -1. `timestamptz` is i64 µs since 2000-01-01 UTC; `jsonb` is version byte 1 + JSON.
+//!
+//! Queries bind every value (`$n`); the SQL text is assembled only from constant fragments.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use super::AuditError;
+use super::query::{LogEntry, LogQuery};
+use super::record::AuditRow;
+use super::StoredRequest;
+
+/// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's epoch).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+const COLUMNS: &str = "seq, request_id, triggered_by, token_name, \"timestamp\", node_id, kind, \
+                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash";
+const NCOLS: i16 = 14;
+
+/// How a batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Never attempted before: plain COPY (falls back to `Replay` on a unique violation).
+    Fresh,
+    /// May be partly in already: stage + `ON CONFLICT DO NOTHING`.
+    Replay,
+}
+
+/// A connected, migrated PostgreSQL audit store.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+pub(crate) fn store_err(e: impl std::fmt::Display) -> AuditError {
+    AuditError::Store(e.to_string())
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+impl PgStore {
+    /// Connect and run the embedded migrations. Fails fast (`connect_timeout`) when the
+    /// server is unreachable so the caller can fall back to the spool.
+    pub async fn connect(url: &str, connect_timeout: Duration) -> Result<PgStore, AuditError> {
+        let options: PgConnectOptions = url.parse().map_err(store_err)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(6)
+            .min_connections(0)
+            .acquire_timeout(connect_timeout)
+            .connect_with(options)
+            .await
+            .map_err(store_err)?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(store_err)?;
+        Ok(PgStore { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> Result<(), AuditError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(store_err)
+    }
+
+    /// Write one batch, exactly once per `request_id` (see the module doc).
+    pub async fn write(&self, rows: &[AuditRow], mode: WriteMode) -> Result<(), AuditError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let buf = encode_copy(rows);
+        if mode == WriteMode::Fresh {
+            match self.copy_plain(&buf).await {
+                Err(e) if is_unique_violation(&e) => {
+                    tracing::info!("audit batch overlaps stored rows; writing it idempotently");
+                }
+                other => return other.map_err(store_err),
+            }
+        }
+        self.copy_idempotent(&buf).await.map_err(store_err)
+    }
+
+    async fn copy_plain(&self, buf: &[u8]) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let sql = format!("COPY invalidation_audit ({COLUMNS}) FROM STDIN (FORMAT binary)");
+        let mut copy = conn.copy_in_raw(&sql).await?;
+        copy.send(buf).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+
+    async fn copy_idempotent(&self, buf: &[u8]) -> Result<(), sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        // Same column types as the target; emptied at every commit.
+        sqlx::query(
+            "CREATE TEMP TABLE IF NOT EXISTS invalidation_audit_stage (
+                 ord BIGSERIAL, seq BIGINT, request_id TEXT, triggered_by TEXT, token_name TEXT,
+                 \"timestamp\" TIMESTAMPTZ, node_id TEXT, kind TEXT, pattern TEXT,
+                 pattern_type TEXT, keys JSONB, matched_count BIGINT, latency_us BIGINT,
+                 latency_ms BIGINT, body_hash TEXT
+             ) ON COMMIT DELETE ROWS",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let sql = format!("COPY invalidation_audit_stage ({COLUMNS}) FROM STDIN (FORMAT binary)");
+        let mut copy = tx.copy_in_raw(&sql).await?;
+        copy.send(buf).await?;
+        copy.finish().await?;
+        let insert = format!(
+            "INSERT INTO invalidation_audit ({COLUMNS}) SELECT {COLUMNS} \
+             FROM invalidation_audit_stage ORDER BY ord ON CONFLICT (request_id) DO NOTHING"
+        );
+        sqlx::query(AssertSqlSafe(insert)).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    pub async fn max_seq(&self) -> Result<i64, AuditError> {
+        sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(seq), 0)::int8 FROM invalidation_audit")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_err)
+    }
+
+    pub async fn find_request(&self, request_id: &str) -> Result<Option<StoredRequest>, AuditError> {
+        let row = sqlx::query(
+            "SELECT request_id, body_hash, seq, \
+                    (EXTRACT(EPOCH FROM \"timestamp\") * 1000000)::int8 AS ts_us, \
+                    pattern, pattern_type, keys::text AS keys, matched_count \
+             FROM invalidation_audit WHERE request_id = $1",
+        )
+        .bind(request_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_err)?;
+        row.map(|r| stored_from_row(&r)).transpose()
+    }
+
+    /// The page and `total_count` run concurrently on two pooled connections.
+    pub async fn query(&self, q: &LogQuery) -> Result<(Vec<LogEntry>, i64), AuditError> {
+        let (rows, total) = tokio::join!(self.page(q), self.count(q));
+        Ok((rows?, total?))
+    }
+
+    async fn page(&self, q: &LogQuery) -> Result<Vec<LogEntry>, AuditError> {
+        let mut sql = String::from(
+            "SELECT id, seq, kind, pattern, pattern_type, keys::text AS keys, matched_count, \
+                    triggered_by, (EXTRACT(EPOCH FROM \"timestamp\") * 1000000)::int8 AS ts_us, \
+                    request_id, latency_us, node_id, token_name \
+             FROM invalidation_audit WHERE TRUE",
+        );
+        let mut n = 0;
+        push_filters(&mut sql, &mut n, q, true);
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${} OFFSET ${}", n + 1, n + 2));
+        let query = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, true)
+            .bind(i64::from(q.limit) + 1)
+            .bind(q.offset);
+        let rows = query.fetch_all(&self.pool).await.map_err(store_err)?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn count(&self, q: &LogQuery) -> Result<i64, AuditError> {
+        if q.unfiltered() {
+            return sqlx::query_scalar::<_, i64>("SELECT total FROM invalidation_audit_count")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(store_err);
+        }
+        let mut sql = String::from("SELECT count(*) FROM invalidation_audit WHERE TRUE");
+        push_filters(&mut sql, &mut 0, q, false);
+        let query = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, false);
+        let row = query.fetch_one(&self.pool).await.map_err(store_err)?;
+        row.try_get::<i64, _>(0).map_err(store_err)
+    }
+}
+
+type PgQuery<'a> = sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Append `AND ...` for every filter; `n` counts placeholders. Order must match
+/// [`bind_filters`].
+fn push_filters(sql: &mut String, n: &mut usize, q: &LogQuery, with_cursor: bool) {
+    let mut add = |sql: &mut String, fragment: &str| {
+        *n += 1;
+        sql.push_str(&fragment.replace("$?", &format!("${n}")));
+    };
+    if q.triggered_by.is_some() {
+        add(sql, " AND triggered_by = $?");
+    }
+    if q.request_id.is_some() {
+        add(sql, " AND request_id = $?");
+    }
+    if q.key.is_some() {
+        add(sql, " AND keys @> $?::jsonb");
+    }
+    if q.pattern.is_some() {
+        add(sql, " AND pattern = $?");
+    }
+    if q.since_us.is_some() {
+        add(sql, " AND \"timestamp\" >= 'epoch'::timestamptz + $? * interval '1 microsecond'");
+    }
+    if q.until_us.is_some() {
+        add(sql, " AND \"timestamp\" < 'epoch'::timestamptz + $? * interval '1 microsecond'");
+    }
+    if with_cursor && q.before_id.is_some() {
+        add(sql, " AND id < $?");
+    }
+}
+
+fn bind_filters<'a>(mut query: PgQuery<'a>, q: &LogQuery, with_cursor: bool) -> PgQuery<'a> {
+    if let Some(v) = &q.triggered_by {
+        query = query.bind(v.clone());
+    }
+    if let Some(v) = &q.request_id {
+        query = query.bind(v.clone());
+    }
+    if let Some(v) = &q.key {
+        query = query.bind(serde_json::Value::from(vec![v.clone()]).to_string());
+    }
+    if let Some(v) = &q.pattern {
+        query = query.bind(v.clone());
+    }
+    if let Some(v) = q.since_us {
+        query = query.bind(v);
+    }
+    if let Some(v) = q.until_us {
+        query = query.bind(v);
+    }
+    if let (true, Some(v)) = (with_cursor, q.before_id) {
+        query = query.bind(v);
+    }
+    query
+}
+
+fn entry_from_row(r: &PgRow) -> Result<LogEntry, AuditError> {
+    Ok(LogEntry {
+        id: r.try_get("id").map_err(store_err)?,
+        seq: r.try_get("seq").map_err(store_err)?,
+        kind: r.try_get("kind").map_err(store_err)?,
+        pattern: r.try_get("pattern").map_err(store_err)?,
+        pattern_type: r.try_get("pattern_type").map_err(store_err)?,
+        keys_json: r.try_get("keys").map_err(store_err)?,
+        matched_count: r.try_get("matched_count").map_err(store_err)?,
+        triggered_by: r.try_get("triggered_by").map_err(store_err)?,
+        timestamp_us: r.try_get("ts_us").map_err(store_err)?,
+        request_id: r.try_get("request_id").map_err(store_err)?,
+        latency_us: r.try_get("latency_us").map_err(store_err)?,
+        node_id: r.try_get("node_id").map_err(store_err)?,
+        token_name: r.try_get("token_name").map_err(store_err)?,
+    })
+}
+
+fn stored_from_row(r: &PgRow) -> Result<StoredRequest, AuditError> {
+    let keys: Option<String> = r.try_get("keys").map_err(store_err)?;
+    let pattern_type: Option<String> = r.try_get("pattern_type").map_err(store_err)?;
+    Ok(StoredRequest {
+        request_id: r.try_get("request_id").map_err(store_err)?,
+        body_hash: r.try_get::<Option<String>, _>("body_hash").map_err(store_err)?.unwrap_or_default(),
+        seq: u64::try_from(r.try_get::<i64, _>("seq").map_err(store_err)?).unwrap_or(0),
+        published_at_us: r.try_get("ts_us").map_err(store_err)?,
+        pattern: r.try_get("pattern").map_err(store_err)?,
+        pattern_type: pattern_type.as_deref().and_then(crate::pattern::PatternType::parse),
+        keys: keys.as_deref().and_then(|k| serde_json::from_str(k).ok()).unwrap_or_default(),
+        matched_count: u64::try_from(
+            r.try_get::<Option<i64>, _>("matched_count").map_err(store_err)?.unwrap_or(0),
+        )
+        .unwrap_or(0),
+    })
+}
+
+// ---- binary COPY encoding -------------------------------------------------------------
+
+fn put_text(buf: &mut Vec<u8>, s: &str) {
+    buf.extend_from_slice(&(s.len() as i32).to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn put_opt_text(buf: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => put_text(buf, s),
+        None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
+    }
+}
+
+fn put_i64(buf: &mut Vec<u8>, v: i64) {
+    buf.extend_from_slice(&8i32.to_be_bytes());
+    buf.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_jsonb(buf: &mut Vec<u8>, json: &str) {
+    buf.extend_from_slice(&(json.len() as i32 + 1).to_be_bytes());
+    buf.push(1);
+    buf.extend_from_slice(json.as_bytes());
+}
+
+/// The whole COPY payload of a batch (one `send`, which flushes).
+pub fn encode_copy(rows: &[AuditRow]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(19 + rows.len() * 256 + 2);
+    buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    for row in rows {
+        buf.extend_from_slice(&NCOLS.to_be_bytes());
+        put_i64(&mut buf, row.seq);
+        put_text(&mut buf, &row.request_id);
+        put_text(&mut buf, &row.triggered_by);
+        put_opt_text(&mut buf, row.token_name.as_deref());
+        put_i64(&mut buf, row.timestamp_us - PG_EPOCH_OFFSET_US);
+        put_text(&mut buf, &row.node_id);
+        put_text(&mut buf, row.kind.as_str());
+        put_opt_text(&mut buf, row.pattern.as_deref());
+        put_opt_text(&mut buf, row.pattern_type.map(|t| t.as_str()));
+        put_jsonb(&mut buf, &row.keys_json());
+        put_i64(&mut buf, row.matched_count);
+        put_i64(&mut buf, row.latency_us);
+        put_i64(&mut buf, row.latency_ms());
+        put_text(&mut buf, &row.body_hash);
+    }
+    buf.extend_from_slice(&(-1i16).to_be_bytes());
+    buf
+}

@@ -1,0 +1,233 @@
+//! Embedded SQLite store (the default): `<data_dir>/audit.sqlite3`, WAL mode.
+//!
+//! A batch is one transaction of multi-row `INSERT ... ON CONFLICT (request_id) DO NOTHING`
+//! statements of [`ROWS_PER_STATEMENT`] rows (14 binds each, well under SQLite's 32,766
+//! variable limit), so every write is already idempotent and replays need no special path.
+//! NOTES.md: 100k rows in one such transaction take ~165 ms.
+//!
+//! The `key` filter uses the `invalidation_audit_keys` side table (filled by trigger), and the
+//! unfiltered `total_count` the trigger-maintained counter: see the migration.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::AuditError;
+use super::StoredRequest;
+use super::postgres::store_err;
+use super::query::{LogEntry, LogQuery};
+use super::record::AuditRow;
+
+const ROWS_PER_STATEMENT: usize = 500;
+const COLUMNS: &str = "seq, request_id, triggered_by, token_name, \"timestamp\", node_id, kind, \
+                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash";
+
+/// A connected, migrated SQLite audit store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+type SqliteQuery<'a> = sqlx::query::Query<'a, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>;
+
+impl SqliteStore {
+    /// Open (creating) the file and run the embedded migrations.
+    pub async fn open(path: &Path) -> Result<SqliteStore, AuditError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(store_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the
+            // last transactions (the same trade PostgreSQL's default makes is not available).
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(store_err)?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(store_err)?;
+        Ok(SqliteStore { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> Result<(), AuditError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(store_err)
+    }
+
+    /// Write one batch in one transaction, idempotently.
+    pub async fn write(&self, rows: &[AuditRow]) -> Result<(), AuditError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(store_err)?;
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
+            let sql = format!(
+                "INSERT INTO invalidation_audit ({COLUMNS}) VALUES {placeholders} \
+                 ON CONFLICT (request_id) DO NOTHING"
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for row in chunk {
+                query = query
+                    .bind(row.seq)
+                    .bind(row.request_id.clone())
+                    .bind(row.triggered_by.clone())
+                    .bind(row.token_name.clone())
+                    .bind(row.timestamp_us)
+                    .bind(row.node_id.clone())
+                    .bind(row.kind.as_str())
+                    .bind(row.pattern.clone())
+                    .bind(row.pattern_type.map(|t| t.as_str()))
+                    .bind(row.keys_json())
+                    .bind(row.matched_count)
+                    .bind(row.latency_us)
+                    .bind(row.latency_ms())
+                    .bind(row.body_hash.clone());
+            }
+            query.execute(&mut *tx).await.map_err(store_err)?;
+        }
+        tx.commit().await.map_err(store_err)
+    }
+
+    pub async fn max_seq(&self) -> Result<i64, AuditError> {
+        sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(seq), 0) FROM invalidation_audit")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_err)
+    }
+
+    pub async fn find_request(&self, request_id: &str) -> Result<Option<StoredRequest>, AuditError> {
+        let row = sqlx::query(
+            "SELECT request_id, body_hash, seq, \"timestamp\" AS ts_us, pattern, pattern_type, \
+                    keys, matched_count \
+             FROM invalidation_audit WHERE request_id = ?",
+        )
+        .bind(request_id.to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_err)?;
+        row.map(|r| stored_from_row(&r)).transpose()
+    }
+
+    pub async fn query(&self, q: &LogQuery) -> Result<(Vec<LogEntry>, i64), AuditError> {
+        let mut sql = String::from(
+            "SELECT id, seq, kind, pattern, pattern_type, keys, matched_count, triggered_by, \
+                    \"timestamp\" AS ts_us, request_id, latency_us, node_id, token_name \
+             FROM invalidation_audit WHERE 1",
+        );
+        push_filters(&mut sql, q, true);
+        sql.push_str(" ORDER BY id DESC LIMIT ? OFFSET ?");
+        let page = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, true)
+            .bind(i64::from(q.limit) + 1)
+            .bind(q.offset)
+            .fetch_all(&self.pool);
+        let (rows, total) = tokio::join!(page, self.count(q));
+        let rows = rows.map_err(store_err)?;
+        let entries = rows.iter().map(entry_from_row).collect::<Result<Vec<_>, _>>()?;
+        Ok((entries, total?))
+    }
+
+    async fn count(&self, q: &LogQuery) -> Result<i64, AuditError> {
+        if q.unfiltered() {
+            return sqlx::query_scalar::<_, i64>("SELECT total FROM invalidation_audit_count")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(store_err);
+        }
+        let mut sql = String::from("SELECT count(*) FROM invalidation_audit WHERE 1");
+        push_filters(&mut sql, q, false);
+        let row = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, false)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_err)?;
+        row.try_get::<i64, _>(0).map_err(store_err)
+    }
+}
+
+/// Filters as constant SQL fragments with `?` binds; order must match [`bind_filters`].
+fn push_filters(sql: &mut String, q: &LogQuery, with_cursor: bool) {
+    if q.triggered_by.is_some() {
+        sql.push_str(" AND triggered_by = ?");
+    }
+    if q.request_id.is_some() {
+        sql.push_str(" AND request_id = ?");
+    }
+    if q.key.is_some() {
+        sql.push_str(" AND id IN (SELECT audit_id FROM invalidation_audit_keys WHERE key = ?)");
+    }
+    if q.pattern.is_some() {
+        sql.push_str(" AND pattern = ?");
+    }
+    if q.since_us.is_some() {
+        sql.push_str(" AND \"timestamp\" >= ?");
+    }
+    if q.until_us.is_some() {
+        sql.push_str(" AND \"timestamp\" < ?");
+    }
+    if with_cursor && q.before_id.is_some() {
+        sql.push_str(" AND id < ?");
+    }
+}
+
+fn bind_filters<'a>(mut query: SqliteQuery<'a>, q: &LogQuery, with_cursor: bool) -> SqliteQuery<'a> {
+    for v in [&q.triggered_by, &q.request_id, &q.key, &q.pattern].into_iter().flatten() {
+        query = query.bind(v.clone());
+    }
+    for v in [q.since_us, q.until_us].into_iter().flatten() {
+        query = query.bind(v);
+    }
+    if let (true, Some(v)) = (with_cursor, q.before_id) {
+        query = query.bind(v);
+    }
+    query
+}
+
+fn entry_from_row(r: &SqliteRow) -> Result<LogEntry, AuditError> {
+    Ok(LogEntry {
+        id: r.try_get("id").map_err(store_err)?,
+        seq: r.try_get("seq").map_err(store_err)?,
+        kind: r.try_get("kind").map_err(store_err)?,
+        pattern: r.try_get("pattern").map_err(store_err)?,
+        pattern_type: r.try_get("pattern_type").map_err(store_err)?,
+        keys_json: r.try_get("keys").map_err(store_err)?,
+        matched_count: r.try_get("matched_count").map_err(store_err)?,
+        triggered_by: r.try_get("triggered_by").map_err(store_err)?,
+        timestamp_us: r.try_get("ts_us").map_err(store_err)?,
+        request_id: r.try_get("request_id").map_err(store_err)?,
+        latency_us: r.try_get("latency_us").map_err(store_err)?,
+        node_id: r.try_get("node_id").map_err(store_err)?,
+        token_name: r.try_get("token_name").map_err(store_err)?,
+    })
+}
+
+fn stored_from_row(r: &SqliteRow) -> Result<StoredRequest, AuditError> {
+    let keys: Option<String> = r.try_get("keys").map_err(store_err)?;
+    let pattern_type: Option<String> = r.try_get("pattern_type").map_err(store_err)?;
+    Ok(StoredRequest {
+        request_id: r.try_get("request_id").map_err(store_err)?,
+        body_hash: r.try_get::<Option<String>, _>("body_hash").map_err(store_err)?.unwrap_or_default(),
+        seq: u64::try_from(r.try_get::<i64, _>("seq").map_err(store_err)?).unwrap_or(0),
+        published_at_us: r.try_get("ts_us").map_err(store_err)?,
+        pattern: r.try_get("pattern").map_err(store_err)?,
+        pattern_type: pattern_type.as_deref().and_then(crate::pattern::PatternType::parse),
+        keys: keys.as_deref().and_then(|k| serde_json::from_str(k).ok()).unwrap_or_default(),
+        matched_count: u64::try_from(
+            r.try_get::<Option<i64>, _>("matched_count").map_err(store_err)?.unwrap_or(0),
+        )
+        .unwrap_or(0),
+    })
+}

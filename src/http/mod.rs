@@ -1,0 +1,187 @@
+//! The HTTP front door: routing, body limits, auth, and the mapping of every outcome to
+//! SPEC's JSON bodies and status codes.
+//!
+//! Every request is answered here; handlers return `Result<Value, ApiError>` and nothing
+//! below this layer writes a response. A bad request never changes state: validation and
+//! authorisation happen before the publisher is called.
+
+pub mod client;
+pub mod invalidate;
+pub mod request;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+use crate::auth::{Principal, Scope, bearer};
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{Snapshot, prometheus_text};
+use crate::server::App;
+
+pub type Body = Full<Bytes>;
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Render an error (and count it).
+pub fn error_response(app: &App, e: &ApiError) -> Response<Body> {
+    app.metrics.requests.rejected(e.code);
+    let mut resp = json_response(e.code.status(), &e.body());
+    if let Some(secs) = e.retry_after {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+/// The routes, for 404 vs 405: (path, allowed methods).
+const ROUTES: &[(&str, &str)] = &[
+    ("/invalidate/key", "POST"),
+    ("/invalidate/pattern", "POST"),
+    ("/invalidate/metrics", "GET"),
+    ("/metrics", "GET"),
+    ("/healthz", "GET"),
+    ("/readyz", "GET"),
+    ("/audit/logs", "GET"),
+    ("/ws", "GET"),
+];
+
+/// `?token=` of a WebSocket URL.
+fn query_token(query: Option<&str>) -> Option<&str> {
+    query?.split('&').find_map(|kv| kv.strip_prefix("token=")).filter(|t| !t.is_empty())
+}
+
+fn authenticate(app: &App, req: &Request<Incoming>, scope: Scope) -> Result<Arc<Principal>, ApiError> {
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let secret = bearer(header).or_else(|| {
+        if scope == Scope::Subscribe { query_token(req.uri().query()) } else { None }
+    });
+    app.auth.authenticate(secret, scope)
+}
+
+/// Read the whole body, refusing more than `limit` bytes with 413.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is over the limit of {limit} bytes"))
+    };
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
+        && len.parse::<u64>().is_ok_and(|n| n > limit as u64)
+    {
+        return Err(too_large());
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(ApiError::validation("body", format!("cannot read request body: {e}"))),
+    }
+}
+
+/// Entry point for every HTTP request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let received = Instant::now();
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let result = route(&app, req, &path, &method, received).await;
+    Ok(match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.code.status().is_server_error() {
+                tracing::warn!(%path, code = e.code.as_str(), message = %e.message, "request failed");
+            }
+            let mut resp = error_response(&app, &e);
+            if e.code == ErrorCode::MethodNotAllowed
+                && let Some((_, allow)) = ROUTES.iter().find(|(p, _)| *p == path)
+            {
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            resp
+        }
+    })
+}
+
+async fn route(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    path: &str,
+    method: &Method,
+    received: Instant,
+) -> Result<Response<Body>, ApiError> {
+    let ok = |v: Value| json_response(StatusCode::OK, &v);
+    match (method, path) {
+        (&Method::POST, "/invalidate/key") => {
+            let who = authenticate(app, &req, Scope::Invalidate)?;
+            let body = read_body(req, app.config.limits.max_body_bytes).await?;
+            Ok(ok(invalidate::keys(app, &who, body, received).await?))
+        }
+        (&Method::POST, "/invalidate/pattern") => {
+            let who = authenticate(app, &req, Scope::Invalidate)?;
+            let body = read_body(req, app.config.limits.max_pattern_body_bytes).await?;
+            Ok(ok(invalidate::pattern(app, &who, body, received).await?))
+        }
+        (&Method::GET, "/invalidate/metrics") => {
+            authenticate(app, &req, Scope::Metrics)?;
+            Ok(ok(snapshot(app, |s| s.to_json())))
+        }
+        (&Method::GET, "/metrics") => {
+            authenticate(app, &req, Scope::Metrics)?;
+            let text = snapshot(app, |s| prometheus_text(s));
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            Ok(resp)
+        }
+        (&Method::GET, "/healthz") => Ok(ok(json!({"status": "ok"}))),
+        (&Method::GET, "/readyz") => readyz(app),
+        (&Method::GET, "/audit/logs") => {
+            authenticate(app, &req, Scope::AuditRead)?;
+            Ok(ok(app.audit.query_logs(req.uri().query().unwrap_or("")).await?))
+        }
+        (&Method::GET, "/ws") => {
+            let who = authenticate(app, &req, Scope::Subscribe)?;
+            Ok(crate::ws::upgrade(req, app.hub.clone(), who))
+        }
+        _ if ROUTES.iter().any(|(p, _)| *p == path) => Err(ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(ApiError::new(ErrorCode::NotFound, format!("no route for {path}"))),
+    }
+}
+
+fn snapshot<T>(app: &App, f: impl FnOnce(&Snapshot<'_>) -> T) -> T {
+    let s = Snapshot {
+        metrics: &app.metrics,
+        hub: app.hub.stats(),
+        patterns: app.patterns.stats(),
+        audit: app.audit.stats(),
+    };
+    f(&s)
+}
+
+fn readyz(app: &App) -> Result<Response<Body>, ApiError> {
+    let audit = app.audit.ready();
+    let cluster = app.cluster_ready();
+    if audit && cluster {
+        return Ok(json_response(StatusCode::OK, &json!({"status": "ready", "audit_store": true, "cluster": cluster})));
+    }
+    let mut what = Vec::new();
+    if !audit {
+        what.push("the audit store is unreachable");
+    }
+    if !cluster {
+        what.push("NATS is unreachable");
+    }
+    Err(ApiError::unavailable(format!("not ready: {}", what.join(" and "))))
+}

@@ -1,0 +1,182 @@
+//! Start-up, the accept loop and graceful shutdown.
+//!
+//! Start-up order: config → audit pipeline (replays the spool; an unreachable database does
+//! not stop us) → seq allocator (continues above everything already used) → hub → listener.
+//! Shutdown (SIGTERM/SIGINT or the `shutdown` future): stop accepting, let in-flight HTTP
+//! requests finish, close WebSockets, then drain the audit pipeline; exit 0.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::audit::AuditPipeline;
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::fanout::Hub;
+use crate::idempotency::Idempotency;
+use crate::metrics::Metrics;
+use crate::pattern::{PatternCache, PatternLimits};
+use crate::publish::Publisher;
+use crate::seq::SeqAllocator;
+
+/// Everything a request handler can reach.
+pub struct App {
+    pub config: Config,
+    pub auth: Authenticator,
+    pub patterns: Arc<PatternCache>,
+    pub hub: Arc<Hub>,
+    pub audit: Arc<AuditPipeline>,
+    pub publisher: Publisher,
+    pub idempotency: Arc<Idempotency>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl App {
+    /// NATS reachability in cluster mode; always true on a single node.
+    pub fn cluster_ready(&self) -> bool {
+        true
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Token(#[from] crate::auth::TokenConfigError),
+    #[error("data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A random epoch for this process's history (single-node: history is not persisted).
+fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Build the application state (no listener yet).
+pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
+    config.validate()?;
+    let auth = Authenticator::new(&config.tokens)?;
+    let data_dir = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
+    std::fs::create_dir_all(&config.data_dir).map_err(data_dir)?;
+    let audit = AuditPipeline::start(&config).await?;
+    let floor = audit.max_seq().await.unwrap_or(0);
+    let seq = SeqAllocator::open(&config.data_dir, floor).map_err(data_dir)?;
+    let limits = PatternLimits {
+        max_pattern_bytes: config.limits.max_pattern_bytes,
+        max_regex_bytes: config.limits.max_regex_bytes,
+    };
+    let patterns = Arc::new(PatternCache::new(config.limits.pattern_cache_size, limits));
+    let node_id: Arc<str> = Arc::from(config.node_id.as_str());
+    let hub = Hub::new(&config, new_epoch(), node_id.clone(), patterns.clone(), seq.last());
+    let metrics = Arc::new(Metrics::new());
+    let publisher = Publisher::new(seq, hub.clone(), audit.clone(), metrics.clone(), node_id);
+    let idempotency = Idempotency::new(
+        Duration::from_secs(config.audit.idempotency_window_secs),
+        config.audit.idempotency_memory_entries,
+    );
+    Ok(Arc::new(App { config, auth, patterns, hub, audit, publisher, idempotency, metrics }))
+}
+
+/// Bind the configured address.
+pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
+    TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: config.listen, source })
+}
+
+/// Serve until `shutdown` resolves, then drain.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    // Each connection task watches this channel and starts a graceful close when it flips;
+    // `live` counts connection tasks so shutdown can wait for them.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let live = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut tasks = 0u32;
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let service = service_fn(move |req| crate::http::handle(app.clone(), req));
+                let conn = http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let mut stop = stop_rx.clone();
+                let live = live.clone();
+                tasks += 1;
+                tokio::spawn(async move {
+                    let mut conn = std::pin::pin!(conn);
+                    let result = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = async { stop.wait_for(|s| *s).await.map(|_| ()) } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    live.add_permits(1);
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    app.hub.close_all();
+    let _ = stop_tx.send(true);
+    let all_done = live.acquire_many(tasks);
+    if tokio::time::timeout(app.config.shutdown_timeout, all_done).await.is_err() {
+        tracing::warn!("some connections did not finish in time");
+    }
+    tracing::info!("draining the audit pipeline");
+    app.audit.shutdown().await;
+    tracing::info!("shutdown complete");
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,374 @@
+//! The HTTP API against the real server: every endpoint, every error code, the limits, auth,
+//! idempotency, and malformed input that must never yield a 5xx nor stop the server.
+
+mod common;
+
+use common::TestServer;
+use serde_json::{Value, json};
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+fn field(v: &Value) -> &str {
+    v["error"]["field"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn key_invalidation_shape_and_seq() {
+    let s = TestServer::start().await;
+    let (st, v) = s
+        .post_json("/invalidate/key", &json!({"keys": ["user:123", "user:456", "user:123"], "triggered_by": "admin", "request_id": "req-001"}), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["success"], true);
+    assert_eq!(v["invalidated_count"], 2);
+    assert_eq!(v["keys"], json!(["user:123", "user:456"]));
+    assert_eq!(v["request_id"], "req-001");
+    assert_eq!(v["duplicate"], false);
+    let ts = v["published_at"].as_str().unwrap();
+    assert!(ts.ends_with('Z') && ts.len() == 24, "{ts}");
+    let seq1 = v["seq"].as_u64().unwrap();
+    let (_, v2) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x"}), None).await;
+    assert!(v2["seq"].as_u64().unwrap() > seq1);
+    let rid = v2["request_id"].as_str().unwrap();
+    let parts: Vec<&str> = rid.split('-').collect();
+    assert_eq!(parts[0], "inv");
+    assert!(parts[1].parse::<u64>().unwrap() > 1_600_000_000_000, "{rid}");
+}
+
+#[tokio::test]
+async fn pattern_invalidation_matches_cache_keys() {
+    let s = TestServer::start().await;
+    let body = json!({"pattern": "user:123:*", "triggered_by": "cache_manager",
+        "cache_keys": ["user:123:profile", "user:123:settings", "user:456:profile"], "request_id": "p-1"});
+    let (st, v) = s.post_json("/invalidate/pattern", &body, None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["pattern"], "user:123:*");
+    assert_eq!(v["pattern_type"], "prefix");
+    assert_eq!(v["matched_keys"], json!(["user:123:profile", "user:123:settings"]));
+    assert_eq!(v["invalidated_count"], 2);
+    assert_eq!(v["matched_keys_truncated"], false);
+    assert_eq!(v["duplicate"], false);
+    // Pushed even when nothing matched.
+    let (st, v) = s.post_json("/invalidate/pattern", &json!({"pattern": "nothing:*", "triggered_by": "x"}), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["invalidated_count"], 0);
+    assert_eq!(v["matched_keys"], json!([]));
+}
+
+#[tokio::test]
+async fn pattern_types_inferred_and_explicit() {
+    let s = TestServer::start().await;
+    let cases = [
+        (json!({"pattern": "user:1"}), "exact"),
+        (json!({"pattern": "user:*"}), "prefix"),
+        (json!({"pattern": "*:profile"}), "suffix"),
+        (json!({"pattern": "user:*:profile"}), "glob"),
+        (json!({"pattern": "user:?23"}), "glob"),
+        (json!({"pattern": "user:[0-9]+", "pattern_type": "regex"}), "regex"),
+        (json!({"pattern": "a*b", "pattern_type": "exact"}), "exact"),
+    ];
+    for (mut body, expected) in cases {
+        body["triggered_by"] = json!("t");
+        let (st, v) = s.post_json("/invalidate/pattern", &body, None).await;
+        assert_eq!(st, 200, "{body} {v}");
+        assert_eq!(v["pattern_type"], expected, "{body}");
+    }
+    let (_, m) = s.get_json("/invalidate/metrics", None).await;
+    assert_eq!(m["invalidations"]["by_type"]["glob"], 2);
+    assert_eq!(m["invalidations"]["by_type"]["exact"], 2);
+}
+
+#[tokio::test]
+async fn bad_regex_is_invalid_pattern() {
+    let s = TestServer::start().await;
+    let (st, v) = s
+        .post_json("/invalidate/pattern", &json!({"pattern": "user:[0-9", "pattern_type": "regex", "triggered_by": "t"}), None)
+        .await;
+    assert_eq!(st, 400);
+    assert_eq!(code(&v), "invalid_pattern");
+    assert_eq!(field(&v), "pattern");
+    assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn validation_errors_name_fields() {
+    let s = TestServer::start().await;
+    let cases: &[(&str, &str, u16, &str, &str)] = &[
+        ("/invalidate/key", "{not json", 400, "invalid_json", ""),
+        ("/invalidate/key", r#"{"keys": [], "triggered_by": "a"}"#, 400, "validation_failed", "keys"),
+        ("/invalidate/key", r#"{"keys": "a", "triggered_by": "a"}"#, 400, "validation_failed", "keys"),
+        ("/invalidate/key", r#"{"keys": [1], "triggered_by": "a"}"#, 400, "validation_failed", "keys"),
+        ("/invalidate/key", r#"{"keys": ["a"]}"#, 400, "validation_failed", "triggered_by"),
+        ("/invalidate/key", r#"{"keys": ["a"], "triggered_by": ""}"#, 400, "validation_failed", "triggered_by"),
+        ("/invalidate/key", r#"{"keys": ["a\u0007"], "triggered_by": "x"}"#, 400, "validation_failed", "keys"),
+        ("/invalidate/pattern", r#"{"triggered_by": "a"}"#, 400, "validation_failed", "pattern"),
+        ("/invalidate/pattern", r#"{"pattern": "", "triggered_by": "a"}"#, 400, "validation_failed", "pattern"),
+        ("/invalidate/pattern", r#"{"pattern": "a", "pattern_type": "x", "triggered_by": "a"}"#, 400, "validation_failed", "pattern_type"),
+        ("/invalidate/pattern", r#"{"pattern": "a*", "cache_keys": "x", "triggered_by": "a"}"#, 400, "validation_failed", "cache_keys"),
+    ];
+    for (path, body, status, c, f) in cases {
+        let (st, v) = s.post_raw(path, body, None).await;
+        assert_eq!(st, *status, "{body}: {v}");
+        assert_eq!(v["success"], false);
+        assert_eq!(code(&v), *c, "{body}: {v}");
+        if !f.is_empty() {
+            assert_eq!(field(&v), *f, "{body}: {v}");
+        }
+    }
+    let (_, m) = s.get_json("/invalidate/metrics", None).await;
+    assert_eq!(m["invalidations"]["rejected"], cases.len() as u64);
+    assert_eq!(m["invalidations"]["total"], 0);
+}
+
+#[tokio::test]
+async fn limits_are_enforced() {
+    let s = TestServer::start().await;
+    let long = "k".repeat(1025);
+    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": [long], "triggered_by": "x"}), None).await;
+    assert_eq!((st, code(&v), field(&v)), (400, "validation_failed", "keys"));
+    let many: Vec<String> = (0..10_001).map(|i| format!("k{i}")).collect();
+    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": many, "triggered_by": "x"}), None).await;
+    assert_eq!((st, code(&v), field(&v)), (400, "validation_failed", "keys"));
+    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x".repeat(257)}), None).await;
+    assert_eq!((st, field(&v)), (400, "triggered_by"));
+    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x", "request_id": "r".repeat(129)}), None).await;
+    assert_eq!((st, field(&v)), (400, "request_id"));
+    let (st, v) = s.post_json("/invalidate/pattern", &json!({"pattern": "p".repeat(1025), "triggered_by": "x"}), None).await;
+    assert_eq!((st, field(&v)), (400, "pattern"));
+    // 413 only for bytes over the body limit.
+    let big = format!(r#"{{"keys": ["a"], "triggered_by": "x", "pad": "{}"}}"#, "x".repeat(1 << 20));
+    let (st, v) = s.post_raw("/invalidate/key", &big, None).await;
+    assert_eq!((st, code(&v)), (413, "payload_too_large"));
+    // The pattern endpoint takes 8 MiB.
+    let big = format!(r#"{{"pattern": "a*", "triggered_by": "x", "pad": "{}"}}"#, "x".repeat(2 << 20));
+    let (st, _) = s.post_raw("/invalidate/pattern", &big, None).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn configured_limits_apply() {
+    let s = TestServer::builder().config_toml("[limits]\nmax_keys = 2\nmax_body_bytes = 200\n").start().await;
+    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["a", "b", "c"], "triggered_by": "x"}), None).await;
+    assert_eq!((st, field(&v)), (400, "keys"));
+    let (st, _) = s.post_raw("/invalidate/key", &format!(r#"{{"keys":["a"],"triggered_by":"{}"}}"#, "x".repeat(200)), None).await;
+    assert_eq!(st, 413);
+}
+
+#[tokio::test]
+async fn routes_404_405() {
+    let s = TestServer::start().await;
+    let (st, body) = s.get("/nope", None).await;
+    assert_eq!(st, 404);
+    assert!(body.contains("not_found"));
+    let (st, body) = s.get("/invalidate/key", None).await;
+    assert_eq!(st, 405);
+    assert!(body.contains("method_not_allowed"));
+    let (st, v) = s.post_json("/healthz", &json!({}), None).await;
+    assert_eq!((st, code(&v)), (405, "method_not_allowed"));
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let s = TestServer::start().await;
+    assert_eq!(s.get("/healthz", None).await.0, 200);
+    assert_eq!(s.get("/readyz", None).await.0, 200);
+    for i in 0..3 {
+        s.post_json("/invalidate/key", &json!({"keys": [format!("user:{i}"), "order:1"], "triggered_by": "x"}), None).await;
+    }
+    s.post_json("/invalidate/pattern", &json!({"pattern": "user:*", "triggered_by": "x", "cache_keys": ["user:1"]}), None).await;
+    let (st, m) = s.get_json("/invalidate/metrics", None).await;
+    assert_eq!(st, 200);
+    let inv = &m["invalidations"];
+    assert_eq!(inv["total"], 4);
+    assert_eq!(inv["keys_total"], 7);
+    assert_eq!(inv["by_type"]["exact"], 3);
+    assert_eq!(inv["by_type"]["prefix"], 1);
+    assert_eq!(inv["top_patterns"][0], json!({"pattern": "user:*", "count": 1}));
+    assert_eq!(inv["top_prefixes"][0]["prefix"], "user");
+    assert!(inv["per_second_1m"].as_f64().unwrap() > 0.0);
+    assert_eq!(m["latency_us"]["count"], 4);
+    assert!(m["latency_us"]["p99"].as_u64().unwrap() >= m["latency_us"]["p50"].as_u64().unwrap());
+    for section in ["connections", "events", "index", "pattern_cache", "audit"] {
+        assert!(m[section].is_object(), "{section} missing: {m}");
+    }
+    let (st, text) = s.get("/metrics", None).await;
+    assert_eq!(st, 200);
+    assert!(text.contains("invalidator_invalidations_total 4"), "{text}");
+    assert!(text.contains("invalidator_invalidations_by_type_total{type=\"prefix\"} 1"));
+    assert!(text.contains("invalidator_latency_us_count 4"));
+}
+
+#[tokio::test]
+async fn idempotency() {
+    let s = TestServer::start().await;
+    let body = json!({"keys": ["a", "b"], "triggered_by": "x", "request_id": "same"});
+    let (_, first) = s.post_json("/invalidate/key", &body, None).await;
+    // Same body with other key order, white space and an explicit null: duplicate.
+    let raw = r#"{ "request_id": "same", "triggered_by": "x", "keys": ["a","b"], "unused": null }"#;
+    let (st, dup) = s.post_raw("/invalidate/key", raw, None).await;
+    assert_eq!(st, 200, "{dup}");
+    assert_eq!(dup["duplicate"], true);
+    assert_eq!(dup["seq"], first["seq"]);
+    assert_eq!(dup["published_at"], first["published_at"]);
+    // Different body: 409.
+    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["c"], "triggered_by": "x", "request_id": "same"}), None).await;
+    assert_eq!((st, code(&v)), (409, "request_id_conflict"));
+    // Other endpoint: 409.
+    let (st, _) = s.post_json("/invalidate/pattern", &json!({"pattern": "a*", "triggered_by": "x", "request_id": "same"}), None).await;
+    assert_eq!(st, 409);
+    // A refused request does not reserve its id.
+    let (st, _) = s.post_json("/invalidate/key", &json!({"keys": [], "triggered_by": "x", "request_id": "fresh"}), None).await;
+    assert_eq!(st, 400);
+    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["z"], "triggered_by": "x", "request_id": "fresh"}), None).await;
+    assert_eq!((st, &v["duplicate"]), (200, &json!(false)));
+    let (_, m) = s.get_json("/invalidate/metrics", None).await;
+    assert_eq!(m["invalidations"]["duplicates"], 1);
+    assert_eq!(m["invalidations"]["total"], 2);
+}
+
+#[tokio::test]
+async fn idempotency_concurrent_same_id_publishes_once() {
+    let s = std::sync::Arc::new(TestServer::start().await);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.post_json("/invalidate/key", &json!({"keys": ["k"], "triggered_by": "x", "request_id": "race"}), None).await
+        }));
+    }
+    let mut seqs = std::collections::HashSet::new();
+    let mut fresh = 0;
+    for t in tasks {
+        let (st, v) = t.await.unwrap();
+        assert_eq!(st, 200);
+        seqs.insert(v["seq"].as_u64().unwrap());
+        if v["duplicate"] == false {
+            fresh += 1;
+        }
+    }
+    assert_eq!(fresh, 1);
+    assert_eq!(seqs.len(), 1);
+}
+
+const AUTH_TOML: &str = r#"
+[[tokens]]
+name = "orders-service"
+token = "orders-secret"
+scopes = ["invalidate", "subscribe"]
+prefixes = ["orders:"]
+
+[[tokens]]
+name = "ops"
+token_sha256 = "b6c8a8e2b4a9f0f8cbc87c3b6d68d5d6b1d9c5e0b6b3a8b9f3e2c1d0a9b8c7d6"
+scopes = ["metrics"]
+
+[[tokens]]
+name = "admin"
+token = "admin-secret"
+scopes = ["invalidate", "subscribe", "audit:read", "metrics"]
+
+[[tokens]]
+name = "limited"
+token = "limited-secret"
+scopes = ["invalidate"]
+rate_limit = { per_second = 1, burst = 2 }
+"#;
+
+#[tokio::test]
+async fn auth_scopes_prefixes_and_rate_limits() {
+    let s = TestServer::builder().config_toml(AUTH_TOML).start().await;
+    let body = json!({"keys": ["orders:1"], "triggered_by": "x"});
+    let (st, v) = s.post_json("/invalidate/key", &body, None).await;
+    assert_eq!((st, code(&v)), (401, "unauthorized"));
+    let (st, _) = s.post_json("/invalidate/key", &body, Some("wrong")).await;
+    assert_eq!(st, 401);
+    let (st, v) = s.post_json("/invalidate/key", &body, Some("orders-secret")).await;
+    assert_eq!(st, 200, "{v}");
+    // Outside its prefixes.
+    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["orders:1", "users:1"], "triggered_by": "x"}), Some("orders-secret")).await;
+    assert_eq!((st, code(&v)), (403, "forbidden"));
+    let pat = |p: &str, t: Option<&str>| json!({"pattern": p, "pattern_type": t, "triggered_by": "x"});
+    assert_eq!(s.post_json("/invalidate/pattern", &pat("orders:1:*", None), Some("orders-secret")).await.0, 200);
+    assert_eq!(s.post_json("/invalidate/pattern", &pat("*:profile", None), Some("orders-secret")).await.0, 403);
+    assert_eq!(s.post_json("/invalidate/pattern", &pat("users:*", None), Some("orders-secret")).await.0, 403);
+    assert_eq!(s.post_json("/invalidate/pattern", &pat(".*", Some("regex")), Some("orders-secret")).await.0, 403);
+    // Missing scope.
+    let (st, v) = s.get_json("/invalidate/metrics", Some("orders-secret")).await;
+    assert_eq!((st, code(&v)), (403, "forbidden"));
+    assert_eq!(s.get("/audit/logs", Some("orders-secret")).await.0, 403);
+    assert_eq!(s.get("/audit/logs", Some("admin-secret")).await.0, 200);
+    assert_eq!(s.get("/invalidate/metrics", Some("admin-secret")).await.0, 200);
+    // Health needs no token.
+    assert_eq!(s.get("/healthz", None).await.0, 200);
+    assert_eq!(s.get("/readyz", None).await.0, 200);
+    // Rate limit: burst 2, then 429 with Retry-After.
+    let mut c = s.client().await;
+    let b = json!({"keys": ["a"], "triggered_by": "x"}).to_string();
+    assert_eq!(c.post_json("/invalidate/key", b.clone(), Some("limited-secret")).await.unwrap().status, 200);
+    assert_eq!(c.post_json("/invalidate/key", b.clone(), Some("limited-secret")).await.unwrap().status, 200);
+    let r = c.post_json("/invalidate/key", b.clone(), Some("limited-secret")).await.unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(code(&r.json()), "rate_limited");
+    assert!(r.retry_after.is_some());
+}
+
+#[tokio::test]
+async fn open_mode_refused_off_loopback_without_flag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_invalidator"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(common::fresh_dir("open"))
+        .env_remove("INVALIDATOR_ALLOW_OPEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-open"));
+}
+
+#[tokio::test]
+async fn garbage_never_breaks_the_server() {
+    let s = TestServer::start().await;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let fragments = [
+        "{", "}", "[", "]", "\"keys\"", "\"pattern\"", ":", ",", "\"triggered_by\"", "\"x\"", "null", "1e999",
+        "\"\\u0000\"", "\"\\ud800\"", "true", "-0", "\"*\"", "\"[\"", "\"pattern_type\"", "\"regex\"", "\"(\"",
+        "\"cache_keys\"", "\"request_id\"", "\u{feff}", "\\", "9999999999999999999999",
+    ];
+    for i in 0..400 {
+        let body: String = (0..rng.usize(0..24)).map(|_| fragments[rng.usize(..fragments.len())]).collect();
+        let path = if i % 2 == 0 { "/invalidate/key" } else { "/invalidate/pattern" };
+        let (st, v) = s.post_raw(path, &body, None).await;
+        assert!(st < 500, "{body} -> {st} {v}");
+        if st != 200 {
+            assert_eq!(v["success"], false, "{body}");
+        }
+    }
+    // Random bytes, including invalid UTF-8.
+    let mut c = s.client().await;
+    for _ in 0..100 {
+        let bytes: Vec<u8> = (0..rng.usize(0..200)).map(|_| rng.u8(..)).collect();
+        let r = c.post_json("/invalidate/key", bytes, None).await.unwrap();
+        assert!(r.status < 500);
+    }
+    assert_eq!(s.get("/healthz", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero() {
+    let mut s = TestServer::start().await;
+    s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x"}), None).await;
+    assert_eq!(s.sigterm(), 0);
+}
+
+#[tokio::test]
+async fn seq_keeps_growing_across_restarts() {
+    let dir = common::fresh_dir("restart");
+    let mut s = TestServer::builder().data_dir(&dir).start().await;
+    let (_, v) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x"}), None).await;
+    let before = v["seq"].as_u64().unwrap();
+    s.kill();
+    let s = TestServer::builder().data_dir(&dir).start().await;
+    let (_, v) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x"}), None).await;
+    assert!(v["seq"].as_u64().unwrap() > before);
+}
