@@ -51,10 +51,17 @@ pub struct PatternRequest {
 }
 
 fn split(body: &[u8]) -> Result<RawBody<'_>, ApiError> {
+    let not_object = || ApiError::validation("body", "request body must be a JSON object");
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        // serde would map a JSON array onto the struct's fields: refuse anything but an object.
+        return match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => Err(not_object()),
+            Err(e) => Err(ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}"))),
+        };
+    }
     serde_json::from_slice::<RawBody>(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::validation("body", "request body must be a JSON object")
-        }
+        serde_json::error::Category::Data => not_object(),
         _ => ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}")),
     })
 }
