@@ -156,6 +156,7 @@ pub struct FileConfig {
     pub limits: Limits,
     pub audit: AuditConfig,
     pub ws: WsConfig,
+    pub cluster: crate::cluster::ClusterConfig,
     pub tokens: Vec<TokenConfig>,
 }
 
@@ -172,6 +173,7 @@ pub struct Config {
     pub limits: Limits,
     pub audit: AuditConfig,
     pub ws: WsConfig,
+    pub cluster: crate::cluster::ClusterConfig,
     pub tokens: Vec<TokenConfig>,
     /// Drain deadline on shutdown.
     pub shutdown_timeout: Duration,
@@ -189,6 +191,7 @@ impl Default for Config {
             limits: Limits::default(),
             audit: AuditConfig::default(),
             ws: WsConfig::default(),
+            cluster: Default::default(),
             tokens: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
         }

@@ -178,6 +178,7 @@ fn resolve_config(a: ServeArgs) -> Result<Config, String> {
         limits: file.limits,
         audit: file.audit,
         ws: file.ws,
+        cluster: file.cluster,
         tokens,
         shutdown_timeout: d.shutdown_timeout,
     })

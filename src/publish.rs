@@ -10,7 +10,9 @@
 //! 3. send the audit record (with the measured latency) through the reserved slot;
 //! 4. count it.
 //!
-//! Cluster mode replaces step 2's local sequencing with the JetStream stream sequence.
+//! Cluster mode replaces step 2: the event is published to JetStream and its stream sequence
+//! is the `seq`; the node's consumer task (not the request) hands it to the hub, in stream
+//! order, as every other node does. The latency sample then ends at the publish ack.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +20,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 
 use crate::audit::{AuditPipeline, AuditRecord};
+use crate::cluster::{Cluster, WireEvent};
 use crate::error::ApiError;
 use crate::event::{Invalidation, Target};
 use crate::fanout::Hub;
@@ -36,8 +39,25 @@ pub struct Draft {
     pub received: Instant,
 }
 
+/// Where `seq` comes from.
+pub enum Sequencer {
+    /// Single node: the local allocator, under the ordering lock.
+    Local(Mutex<SeqAllocator>),
+    /// Cluster: the JetStream stream sequence.
+    Cluster(Arc<Cluster>),
+}
+
+/// What became of a draft.
+pub enum Published {
+    /// Accepted now.
+    Fresh(Arc<Invalidation>),
+    /// Another node accepted the same `request_id` inside JetStream's duplicate window.
+    Duplicate { fingerprint: String, inv: Arc<Invalidation> },
+}
+
 pub struct Publisher {
-    order: Mutex<SeqAllocator>,
+    sequencer: Sequencer,
+    patterns: Arc<crate::pattern::PatternCache>,
     hub: Arc<Hub>,
     audit: Arc<AuditPipeline>,
     metrics: Arc<Metrics>,
@@ -46,20 +66,25 @@ pub struct Publisher {
 
 impl Publisher {
     pub fn new(
-        seq: SeqAllocator,
+        sequencer: Sequencer,
+        patterns: Arc<crate::pattern::PatternCache>,
         hub: Arc<Hub>,
         audit: Arc<AuditPipeline>,
         metrics: Arc<Metrics>,
         node_id: Arc<str>,
     ) -> Publisher {
-        Publisher { order: Mutex::new(seq), hub, audit, metrics, node_id }
+        Publisher { sequencer, patterns, hub, audit, metrics, node_id }
     }
 
-    /// Audit-reserve, sequence, fan out, audit-send, count. Returns the sequenced event.
-    pub async fn publish(&self, draft: Draft) -> Result<Arc<Invalidation>, ApiError> {
+    /// Audit-reserve, sequence, fan out, audit-send, count.
+    pub async fn publish(&self, draft: Draft) -> Result<Published, ApiError> {
         let permit = self.audit.reserve().await?;
+        let order = match &self.sequencer {
+            Sequencer::Local(order) => order,
+            Sequencer::Cluster(cluster) => return self.publish_cluster(cluster, draft, permit).await,
+        };
         let inv = {
-            let mut seq = self.order.lock();
+            let mut seq = order.lock();
             let seq = seq.next().map_err(|e| {
                 tracing::error!(error = %e, "cannot persist the seq high-water mark");
                 ApiError::unavailable("cannot persist the sequence number; see the server log")
@@ -79,11 +104,38 @@ impl Publisher {
         let latency_us = draft.received.elapsed().as_micros() as u64;
         permit.send(AuditRecord { inv: inv.clone(), latency_us, body_hash: draft.body_hash });
         self.metrics.record_accepted(&inv, latency_us);
-        Ok(inv)
+        Ok(Published::Fresh(inv))
     }
 
-    /// Last `seq` handed out.
-    pub fn last_seq(&self) -> u64 {
-        self.order.lock().last()
+    async fn publish_cluster(
+        &self,
+        cluster: &Cluster,
+        draft: Draft,
+        permit: crate::audit::AuditPermit<'_>,
+    ) -> Result<Published, ApiError> {
+        let mut inv = Invalidation {
+            seq: 0,
+            request_id: draft.request_id,
+            triggered_by: draft.triggered_by,
+            token_name: draft.token_name,
+            published_at_us: crate::time::now_us(),
+            node_id: self.node_id.clone(),
+            target: draft.target,
+        };
+        let (seq, duplicate) = cluster.publish(&WireEvent::of(&inv, &draft.body_hash)).await?;
+        if duplicate {
+            let original = cluster.fetch(seq).await?;
+            let fingerprint = original.body_hash.clone();
+            let inv = original
+                .into_invalidation(seq, &self.patterns)
+                .map_err(|e| ApiError::unavailable(format!("stored event {seq}: {e}")))?;
+            return Ok(Published::Duplicate { fingerprint, inv: Arc::new(inv) });
+        }
+        inv.seq = seq;
+        let inv = Arc::new(inv);
+        let latency_us = draft.received.elapsed().as_micros() as u64;
+        permit.send(AuditRecord { inv: inv.clone(), latency_us, body_hash: draft.body_hash });
+        self.metrics.record_accepted(&inv, latency_us);
+        Ok(Published::Fresh(inv))
     }
 }

@@ -22,7 +22,8 @@ use crate::fanout::Hub;
 use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::pattern::{PatternCache, PatternLimits};
-use crate::publish::Publisher;
+use crate::cluster::Cluster;
+use crate::publish::{Publisher, Sequencer};
 use crate::seq::SeqAllocator;
 
 /// Everything a request handler can reach.
@@ -35,12 +36,13 @@ pub struct App {
     pub publisher: Publisher,
     pub idempotency: Arc<Idempotency>,
     pub metrics: Arc<Metrics>,
+    pub cluster: Option<Arc<Cluster>>,
 }
 
 impl App {
     /// NATS reachability in cluster mode; always true on a single node.
     pub fn cluster_ready(&self) -> bool {
-        true
+        self.cluster.as_ref().is_none_or(|c| c.ready())
     }
 }
 
@@ -55,6 +57,8 @@ pub enum StartError {
     DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -71,22 +75,37 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let data_dir = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir)?;
     let audit = AuditPipeline::start(&config).await?;
-    let floor = audit.max_seq().await.unwrap_or(0);
-    let seq = SeqAllocator::open(&config.data_dir, floor).map_err(data_dir)?;
+    let cluster = match &config.nats_url {
+        Some(url) => Some(Cluster::connect(url, &config.cluster).await?),
+        None => None,
+    };
     let limits = PatternLimits {
         max_pattern_bytes: config.limits.max_pattern_bytes,
         max_regex_bytes: config.limits.max_regex_bytes,
     };
     let patterns = Arc::new(PatternCache::new(config.limits.pattern_cache_size, limits));
     let node_id: Arc<str> = Arc::from(config.node_id.as_str());
-    let hub = Hub::new(&config, new_epoch(), node_id.clone(), patterns.clone(), seq.last());
+    let (sequencer, epoch, start_seq) = match &cluster {
+        Some(c) => (Sequencer::Cluster(c.clone()), c.epoch().to_string(), c.last_seq_at_start()),
+        None => {
+            let floor = audit.max_seq().await.unwrap_or(0);
+            let seq = SeqAllocator::open(&config.data_dir, floor).map_err(data_dir)?;
+            let last = seq.last();
+            (Sequencer::Local(parking_lot::Mutex::new(seq)), new_epoch(), last)
+        }
+    };
+    let hub = Hub::new(&config, epoch, node_id.clone(), patterns.clone(), start_seq);
+    if let Some(c) = &cluster {
+        c.spawn_consumer(hub.clone(), patterns.clone(), config.ws.history_events);
+    }
     let metrics = Arc::new(Metrics::new());
-    let publisher = Publisher::new(seq, hub.clone(), audit.clone(), metrics.clone(), node_id);
+    let publisher =
+        Publisher::new(sequencer, patterns.clone(), hub.clone(), audit.clone(), metrics.clone(), node_id);
     let idempotency = Idempotency::new(
         Duration::from_secs(config.audit.idempotency_window_secs),
         config.audit.idempotency_memory_entries,
     );
-    Ok(Arc::new(App { config, auth, patterns, hub, audit, publisher, idempotency, metrics }))
+    Ok(Arc::new(App { config, auth, patterns, hub, audit, publisher, idempotency, metrics, cluster }))
 }
 
 /// Bind the configured address.

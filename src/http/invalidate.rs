@@ -15,7 +15,7 @@ use crate::event::{Invalidation, Target};
 use crate::http::request::{Endpoint, body_fingerprint, parse_key_request, parse_pattern_request};
 use crate::idempotency::{Claim, Settled};
 use crate::pattern::{PatternError, PatternType};
-use crate::publish::Draft;
+use crate::publish::{Draft, Published};
 use crate::server::App;
 
 /// The response body of an accepted invalidation. The one function that shapes it, for fresh
@@ -82,10 +82,13 @@ async fn idempotent<F, Fut>(
 ) -> Result<Value, ApiError>
 where
     F: FnOnce(String) -> Fut,
-    Fut: Future<Output = Result<Value, ApiError>>,
+    Fut: Future<Output = Result<Published, ApiError>>,
 {
     let Some(id) = request_id else {
-        return publish(generate_request_id()).await;
+        return match publish(generate_request_id()).await? {
+            Published::Fresh(inv) => Ok(response_of(&inv)),
+            Published::Duplicate { inv, .. } => Ok(response_of(&inv)),
+        };
     };
     let guard = match app.idempotency.claim(&id).await {
         Claim::Settled(s) => return replay(app, &s, &fingerprint),
@@ -104,9 +107,18 @@ where
             return Err(ApiError::unavailable("cannot check request_id against the audit store"));
         }
     }
-    let resp = publish(id).await?;
-    guard.complete(Settled { fingerprint, response: Arc::new(resp.clone()) });
-    Ok(resp)
+    match publish(id).await? {
+        Published::Fresh(inv) => {
+            let resp = response_of(&inv);
+            guard.complete(Settled { fingerprint, response: Arc::new(resp.clone()) });
+            Ok(resp)
+        }
+        Published::Duplicate { fingerprint: original, inv } => {
+            let settled = Settled { fingerprint: original, response: Arc::new(response_of(&inv)) };
+            guard.complete(settled.clone());
+            replay(app, &settled, &fingerprint)
+        }
+    }
 }
 
 pub async fn keys(app: &App, who: &Principal, body: Bytes, received: Instant) -> Result<Value, ApiError> {
@@ -128,8 +140,7 @@ pub async fn keys(app: &App, who: &Principal, body: Bytes, received: Instant) ->
             body_hash: fingerprint,
             received,
         };
-        let inv = app.publisher.publish(draft).await?;
-        Ok(response_of(&inv))
+        app.publisher.publish(draft).await
     })
     .await
 }
@@ -167,8 +178,7 @@ pub async fn pattern(app: &App, who: &Principal, body: Bytes, received: Instant)
             body_hash: fingerprint,
             received,
         };
-        let inv = app.publisher.publish(draft).await?;
-        Ok(response_of(&inv))
+        app.publisher.publish(draft).await
     })
     .await
 }

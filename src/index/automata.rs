@@ -80,7 +80,11 @@ impl AutoSet {
             return;
         }
         match build_dfa(items) {
-            Ok(dfa) => self.groups.push(Group { dfa, all_keys, slots: items.iter().map(|(s, _)| *s).collect() }),
+            Ok(dfa) => self.groups.push(Group {
+                dfa,
+                all_keys,
+                slots: items.iter().map(|(s, _)| *s).collect(),
+            }),
             Err(err) if items.len() == 1 => {
                 tracing::debug!(error = %err, "subscription pattern left out of the DFA set");
                 self.loose.push(items[0].0);
@@ -98,9 +102,14 @@ impl AutoSet {
         self.covered.binary_search(&slot).is_ok()
     }
 
-    /// Number of DFA groups (for tests and benchmarks).
+    /// Number of DFA groups.
     pub(crate) fn group_count(&self) -> usize {
         self.groups.len()
+    }
+
+    /// Number of patterns left out of the DFAs.
+    pub(crate) fn loose_count(&self) -> usize {
+        self.loose.len()
     }
 
     /// Call `f(slot, true)` for each compiled pattern matching the whole key and
@@ -116,7 +125,11 @@ impl AutoSet {
             }
             let mut state = OverlappingState::start();
             loop {
-                if group.dfa.try_search_overlapping_fwd(&input, &mut state).is_err() {
+                if group
+                    .dfa
+                    .try_search_overlapping_fwd(&input, &mut state)
+                    .is_err()
+                {
                     group.slots.iter().for_each(|&s| f(s, false));
                     break;
                 }
@@ -136,12 +149,19 @@ impl AutoSet {
 /// Whether `source` may go into a byte DFA (see the module doc): a byte-level source always
 /// (if it parses); a user regex if ASCII with no escape that can name a non-ASCII character.
 fn dfa_safe(source: &str, byte_level: bool) -> bool {
-    let names_non_ascii =
-        !source.is_ascii() || source.contains("\\x") || source.contains("\\u") || source.contains("\\U");
+    let names_non_ascii = !source.is_ascii()
+        || source.contains("\\x")
+        || source.contains("\\u")
+        || source.contains("\\U");
     if !byte_level && names_non_ascii {
         return false;
     }
-    regex_syntax::ParserBuilder::new().unicode(false).utf8(false).build().parse(source).is_ok()
+    regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(source)
+        .is_ok()
 }
 
 fn build_dfa(items: &[(u32, String)]) -> Result<dense::DFA<Vec<u32>>, dense::BuildError> {
@@ -155,7 +175,11 @@ fn build_dfa(items: &[(u32, String)]) -> Result<dense::DFA<Vec<u32>>, dense::Bui
                 .determinize_size_limit(Some(DETERMINIZE_SIZE_LIMIT)),
         )
         .syntax(syntax::Config::new().unicode(false).utf8(false))
-        .thompson(thompson::Config::new().utf8(false).which_captures(thompson::WhichCaptures::None))
+        .thompson(
+            thompson::Config::new()
+                .utf8(false)
+                .which_captures(thompson::WhichCaptures::None),
+        )
         .build_many(&patterns)
 }
 

@@ -34,8 +34,8 @@ mod subs;
 mod tracked;
 mod trie;
 
-pub use subs::SubscriptionIndex;
-pub use tracked::{TrackedIndex, TrackedStats};
+pub use subs::{PENDING_LIMIT, SubscriptionIndex, SubscriptionStats};
+pub use tracked::{DELTA_MIN, TrackedIndex, TrackedStats};
 
 /// Identifies one WebSocket connection for the lifetime of the process.
 pub type ConnId = u64;
@@ -43,8 +43,14 @@ pub type ConnId = u64;
 /// Spawn `job` on a named background thread. A failure to spawn (resource exhaustion) is not
 /// fatal: the caller's `running` flag is reset so the next trigger retries, and the indexes
 /// stay correct (only slower) without the rebuild.
-fn spawn_background(name: &str, running: &std::sync::atomic::AtomicBool, job: impl FnOnce() + Send + 'static) {
-    let spawned = std::thread::Builder::new().name(name.to_string()).spawn(job);
+fn spawn_background(
+    name: &str,
+    running: &std::sync::atomic::AtomicBool,
+    job: impl FnOnce() + Send + 'static,
+) {
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(job);
     if let Err(err) = spawned {
         running.store(false, std::sync::atomic::Ordering::Release);
         tracing::warn!(error = %err, thread = name, "could not spawn index rebuild thread");

@@ -48,13 +48,39 @@ use super::trie::{Slot, Trie};
 use super::{ConnId, spawn_background};
 use crate::pattern::{Pattern, PatternType};
 
+/// Sizes of the subscription index, for metrics, tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SubscriptionStats {
+    /// (connection, pattern) pairs.
+    pub subscriptions: u64,
+    /// Distinct patterns.
+    pub patterns: u64,
+    /// Globs/regexes waiting for the next DFA rebuild (checked one by one meanwhile).
+    pub pending: u64,
+    /// DFAs in the installed set.
+    pub dfa_groups: u64,
+    /// Globs/regexes that cannot go into a DFA (always checked one by one).
+    pub loose: u64,
+}
+
 /// Pending glob/regex patterns that trigger a background rebuild of the DFA set.
 pub const PENDING_LIMIT: usize = 8;
 /// Dead slots (still compiled into the DFA set) that trigger a rebuild, if they are also at
 /// least a quarter of the live ones.
 const DEAD_LIMIT: usize = 64;
 
-type EntryKey = (PatternType, Box<str>);
+/// Identity of a pattern: type and source, plus the effective literal, because one source
+/// and type can still mean two key sets (an explicit `exact` `user:\*` is the key as written,
+/// an inferred one is `user:*`).
+type EntryKey = (PatternType, Box<str>, Box<str>);
+
+fn entry_key(p: &Pattern) -> EntryKey {
+    (
+        p.kind(),
+        p.source().into(),
+        p.effective_literal().unwrap_or("").into(),
+    )
+}
 
 /// The matcher class of an entry (the pattern's effective class, see `shape.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,13 +149,19 @@ impl Default for SubscriptionIndex {
 
 impl SubscriptionIndex {
     pub fn new() -> Self {
-        let inner = Inner { state: RwLock::new(State::default()), build: Mutex::new(()), spawned: AtomicBool::new(false) };
-        SubscriptionIndex { inner: Arc::new(inner) }
+        let inner = Inner {
+            state: RwLock::new(State::default()),
+            build: Mutex::new(()),
+            spawned: AtomicBool::new(false),
+        };
+        SubscriptionIndex {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Add `pattern` for `conn` (a repeat of the same pattern and type is a no-op).
     pub fn subscribe(&self, conn: ConnId, pattern: Arc<Pattern>) {
-        let key: EntryKey = (pattern.kind(), pattern.source().into());
+        let key = entry_key(&pattern);
         let rebuild = {
             let mut st = self.inner.state.write();
             if !st.per_conn.entry(conn).or_default().insert(key.clone()) {
@@ -145,10 +177,12 @@ impl SubscriptionIndex {
 
     /// Remove `pattern` (same source and type) for `conn`; returns whether it was there.
     pub fn unsubscribe(&self, conn: ConnId, pattern: &Pattern) -> bool {
-        let key: EntryKey = (pattern.kind(), pattern.source().into());
+        let key = entry_key(pattern);
         let rebuild = {
             let mut st = self.inner.state.write();
-            let Some(set) = st.per_conn.get_mut(&conn) else { return false };
+            let Some(set) = st.per_conn.get_mut(&conn) else {
+                return false;
+            };
             if !set.remove(&key) {
                 return false;
             }
@@ -167,7 +201,9 @@ impl SubscriptionIndex {
     pub fn remove_conn(&self, conn: ConnId) {
         let rebuild = {
             let mut st = self.inner.state.write();
-            let Some(set) = st.per_conn.remove(&conn) else { return };
+            let Some(set) = st.per_conn.remove(&conn) else {
+                return;
+            };
             for key in &set {
                 st.drop_sub(conn, key);
             }
@@ -202,6 +238,17 @@ impl SubscriptionIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn stats(&self) -> SubscriptionStats {
+        let st = self.inner.state.read();
+        SubscriptionStats {
+            subscriptions: st.len as u64,
+            patterns: st.entries.len() as u64,
+            pending: st.pending.len() as u64,
+            dfa_groups: st.built.group_count() as u64,
+            loose: st.built.loose_count() as u64,
+        }
     }
 
     /// Number of distinct glob/regex patterns not yet compiled into the DFA set.
@@ -239,7 +286,8 @@ impl SubscriptionIndex {
             loop {
                 inner.rebuild();
                 inner.spawned.store(false, Ordering::Release);
-                if !inner.state.read().needs_rebuild() || inner.spawned.swap(true, Ordering::AcqRel) {
+                if !inner.state.read().needs_rebuild() || inner.spawned.swap(true, Ordering::AcqRel)
+                {
                     break;
                 }
             }
@@ -264,7 +312,8 @@ impl Inner {
         let set = Arc::new(AutoSet::build(&items));
         let mut st = self.state.write();
         st.pending.retain(|&s| !set.covers(s));
-        let (still_dead, freed): (Vec<u32>, Vec<u32>) = st.dead_slots.iter().partition(|&&s| set.covers(s));
+        let (still_dead, freed): (Vec<u32>, Vec<u32>) =
+            st.dead_slots.iter().partition(|&&s| set.covers(s));
         st.dead_slots = still_dead;
         st.free_slots.extend(freed);
         st.built = set;
@@ -297,18 +346,38 @@ impl State {
             Shape::Exact(l) => (Class::Exact, l.into(), None),
             Shape::Prefix(l) => (Class::Prefix, l.into(), None),
             Shape::Suffix(l) => (Class::Suffix, l.into(), None),
-            Shape::Auto => (Class::Auto, Box::from(""), Some(self.alloc_slot(&pattern, conn))),
+            Shape::Auto => (
+                Class::Auto,
+                Box::from(""),
+                Some(self.alloc_slot(&pattern, conn)),
+            ),
         };
-        let conns = if slot.is_some() { Vec::new() } else { vec![conn] };
+        let conns = if slot.is_some() {
+            Vec::new()
+        } else {
+            vec![conn]
+        };
         self.trie_insert(class, &literal, conn);
         if let Some(set) = self.class_set(class) {
             set.insert(key.clone());
         }
-        self.entries.insert(key, Entry { pattern, class, literal, conns, slot });
+        self.entries.insert(
+            key,
+            Entry {
+                pattern,
+                class,
+                literal,
+                conns,
+                slot,
+            },
+        );
     }
 
     fn alloc_slot(&mut self, pattern: &Arc<Pattern>, conn: ConnId) -> u32 {
-        let slot = AutoSlot { pattern: Arc::clone(pattern), conns: vec![conn] };
+        let slot = AutoSlot {
+            pattern: Arc::clone(pattern),
+            conns: vec![conn],
+        };
         let id = match self.free_slots.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(slot);
@@ -326,7 +395,9 @@ impl State {
 
     /// Remove the (conn, pattern) pair; the caller already removed it from `per_conn`.
     fn drop_sub(&mut self, conn: ConnId, key: &EntryKey) {
-        let Some(entry) = self.entries.get_mut(key) else { return };
+        let Some(entry) = self.entries.get_mut(key) else {
+            return;
+        };
         self.len = self.len.saturating_sub(1);
         let now_empty = match entry.slot {
             Some(slot) => match self.slots.get_mut(slot as usize) {
@@ -403,7 +474,8 @@ impl State {
         if self.live_slots == 0 {
             return;
         }
-        self.built.for_each(key, |slot, sure| self.push_slot(slot, sure, key, out));
+        self.built
+            .for_each(key, |slot, sure| self.push_slot(slot, sure, key, out));
         for &slot in &self.pending {
             self.push_slot(slot, false, key, out);
         }

@@ -64,10 +64,16 @@ fn pattern_invalidations_are_exact_between_literal_classes() {
     idx.subscribe(5, pat("us*", None));
     idx.subscribe(6, pat("*:settings", None));
     // Prefix `user:1*`: exact keys under it, prefixes of it, every suffix.
-    assert_eq!(pattern_match(&idx, &pat("user:1*", None)), vec![1, 2, 3, 5, 6]);
+    assert_eq!(
+        pattern_match(&idx, &pat("user:1*", None)),
+        vec![1, 2, 3, 5, 6]
+    );
     // Suffix `*:profile`: suffixes of it or ending with it, every prefix; `user:1` does not
     // end with `:profile`.
-    assert_eq!(pattern_match(&idx, &pat("*:profile", None)), vec![2, 3, 4, 5]);
+    assert_eq!(
+        pattern_match(&idx, &pat("*:profile", None)),
+        vec![2, 3, 4, 5]
+    );
     // Exact: as a key.
     assert_eq!(pattern_match(&idx, &pat("order:9", None)), vec![4]);
     // Glob: exact keys decided by matching, the rest by overlap.
@@ -140,7 +146,8 @@ fn tracked_one_shot_and_counts() {
 const ALPHABET: [char; 4] = ['a', 'b', ':', 'é'];
 
 fn key_strategy() -> impl Strategy<Value = String> {
-    proptest::collection::vec(proptest::sample::select(ALPHABET.to_vec()), 1..6).prop_map(|v| v.into_iter().collect())
+    proptest::collection::vec(proptest::sample::select(ALPHABET.to_vec()), 1..6)
+        .prop_map(|v| v.into_iter().collect())
 }
 
 /// Every key over the alphabet up to length 4: a witness universe for overlaps.
@@ -148,7 +155,10 @@ fn universe() -> Vec<String> {
     let mut all = vec![String::new()];
     let mut layer = vec![String::new()];
     for _ in 0..4 {
-        layer = layer.iter().flat_map(|k| ALPHABET.iter().map(move |c| format!("{k}{c}"))).collect();
+        layer = layer
+            .iter()
+            .flat_map(|k| ALPHABET.iter().map(move |c| format!("{k}{c}")))
+            .collect();
         all.extend(layer.iter().cloned());
     }
     all
@@ -204,7 +214,12 @@ struct RefSubs(Vec<(ConnId, Arc<Pattern>)>);
 
 impl RefSubs {
     fn position(&self, conn: ConnId, p: &Pattern) -> Option<usize> {
-        self.0.iter().position(|(c, q)| *c == conn && q.source() == p.source() && q.kind() == p.kind())
+        self.0.iter().position(|(c, q)| {
+            *c == conn
+                && q.source() == p.source()
+                && q.kind() == p.kind()
+                && q.effective_literal() == p.effective_literal()
+        })
     }
 
     fn apply(&mut self, op: &SubOp, pats: &[Arc<Pattern>], idx: &SubscriptionIndex) {

@@ -64,7 +64,10 @@ struct Base {
 
 impl Default for Base {
     fn default() -> Self {
-        Base { fwd: Set::default(), rev: Set::default() }
+        Base {
+            fwd: Set::default(),
+            rev: Set::default(),
+        }
     }
 }
 
@@ -97,8 +100,14 @@ impl Default for TrackedIndex {
 
 impl TrackedIndex {
     pub fn new() -> Self {
-        let inner = Inner { state: RwLock::new(State::default()), build: Mutex::new(()), spawned: AtomicBool::new(false) };
-        TrackedIndex { inner: Arc::new(inner) }
+        let inner = Inner {
+            state: RwLock::new(State::default()),
+            build: Mutex::new(()),
+            spawned: AtomicBool::new(false),
+        };
+        TrackedIndex {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Track `key` for `conn`; returns how many keys `conn` tracks now.
@@ -130,13 +139,20 @@ impl TrackedIndex {
 
     /// How many keys `conn` tracks.
     pub fn count(&self, conn: ConnId) -> usize {
-        self.inner.state.read().per_conn.get(&conn).map_or(0, HashSet::len)
+        self.inner
+            .state
+            .read()
+            .per_conn
+            .get(&conn)
+            .map_or(0, HashSet::len)
     }
 
     pub fn remove_conn(&self, conn: ConnId) {
         let rebuild = {
             let mut st = self.inner.state.write();
-            let Some(keys) = st.per_conn.remove(&conn) else { return };
+            let Some(keys) = st.per_conn.remove(&conn) else {
+                return;
+            };
             for key in keys {
                 st.drop_conn_from_key(&key, conn);
             }
@@ -150,7 +166,9 @@ impl TrackedIndex {
     /// One-shot: remove `key` from every connection tracking it and push those connections.
     pub fn take_key(&self, key: &str, out: &mut Vec<ConnId>) {
         let mut st = self.inner.state.write();
-        let Some((key, conns)) = st.keys.remove_entry(key) else { return };
+        let Some((key, conns)) = st.keys.remove_entry(key) else {
+            return;
+        };
         st.forget_key(&key, &conns);
         out.extend_from_slice(&conns);
     }
@@ -160,7 +178,9 @@ impl TrackedIndex {
     pub fn take_pattern(&self, pattern: &Pattern, out: &mut Vec<(String, ConnId)>) {
         let mut st = self.inner.state.write();
         for key in st.collect(pattern) {
-            let Some((key, conns)) = st.keys.remove_entry(key.as_str()) else { continue };
+            let Some((key, conns)) = st.keys.remove_entry(key.as_str()) else {
+                continue;
+            };
             st.forget_key(&key, &conns);
             out.extend(conns.iter().map(|&c| (key.to_string(), c)));
         }
@@ -217,7 +237,8 @@ impl TrackedIndex {
             loop {
                 inner.rebuild();
                 inner.spawned.store(false, Ordering::Release);
-                if !inner.state.read().needs_rebuild() || inner.spawned.swap(true, Ordering::AcqRel) {
+                if !inner.state.read().needs_rebuild() || inner.spawned.swap(true, Ordering::AcqRel)
+                {
                     break;
                 }
             }
@@ -340,7 +361,9 @@ impl State {
     }
 
     fn untrack(&mut self, conn: ConnId, key: &str) {
-        let Some(set) = self.per_conn.get_mut(&conn) else { return };
+        let Some(set) = self.per_conn.get_mut(&conn) else {
+            return;
+        };
         let Some(key) = set.take(key) else { return };
         if set.is_empty() {
             self.per_conn.remove(&conn);
@@ -351,7 +374,9 @@ impl State {
     /// Remove `conn` from `key`'s list (the caller updated `per_conn`); the key dies when its
     /// list empties.
     fn drop_conn_from_key(&mut self, key: &Arc<str>, conn: ConnId) {
-        let Some(conns) = self.keys.get_mut(key) else { return };
+        let Some(conns) = self.keys.get_mut(key) else {
+            return;
+        };
         if let Some(pos) = conns.iter().position(|&c| c == conn) {
             conns.swap_remove(pos);
         }
@@ -395,7 +420,11 @@ impl State {
     /// pattern's literal prefix that match.
     fn collect(&self, pattern: &Pattern) -> Vec<String> {
         if let Shape::Exact(key) = shape(pattern) {
-            return if self.keys.contains_key(key) { vec![key.to_string()] } else { Vec::new() };
+            return if self.keys.contains_key(key) {
+                vec![key.to_string()]
+            } else {
+                Vec::new()
+            };
         }
         let mut out = pattern.fst_matches(&self.base.fwd, &self.base.rev, None);
         if !self.removed.is_empty() {
@@ -404,8 +433,12 @@ impl State {
         if !self.added.is_empty() {
             let start = literal_prefix(pattern);
             let before = out.len();
-            let range = self.added.range::<str, _>((Bound::Included(start), Bound::Unbounded));
-            let hits = range.take_while(|k| k.starts_with(start)).filter(|k| pattern.is_match(k));
+            let range = self
+                .added
+                .range::<str, _>((Bound::Included(start), Bound::Unbounded));
+            let hits = range
+                .take_while(|k| k.starts_with(start))
+                .filter(|k| pattern.is_match(k));
             out.extend(hits.map(|k| k.to_string()));
             if out.len() > before {
                 out.sort_unstable();

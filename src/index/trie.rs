@@ -57,7 +57,10 @@ pub(crate) struct Trie {
 
 impl Default for Trie {
     fn default() -> Self {
-        Trie { nodes: vec![Node::default()], free: Vec::new() }
+        Trie {
+            nodes: vec![Node::default()],
+            free: Vec::new(),
+        }
     }
 }
 
@@ -91,7 +94,12 @@ impl Trie {
 
     /// Remove one occurrence of `conn` from the `slot` list of the node spelled by `bytes`,
     /// freeing the nodes left empty. Returns whether it was there.
-    pub(crate) fn remove(&mut self, bytes: impl Iterator<Item = u8>, slot: Slot, conn: ConnId) -> bool {
+    pub(crate) fn remove(
+        &mut self,
+        bytes: impl Iterator<Item = u8>,
+        slot: Slot,
+        conn: ConnId,
+    ) -> bool {
         // The path (parent, label) from the root, to unlink empty nodes bottom-up.
         let mut path: Vec<(u32, u8)> = Vec::new();
         let mut at = 0u32;
@@ -129,7 +137,12 @@ impl Trie {
     /// (the root included: the empty prefix matches everything), and, if every byte was
     /// consumed and `exact` is set, the `exact` connections of the last node. Returns the last
     /// node if every byte was consumed.
-    pub(crate) fn walk(&self, bytes: impl Iterator<Item = u8>, exact: bool, out: &mut Vec<ConnId>) -> Option<u32> {
+    pub(crate) fn walk(
+        &self,
+        bytes: impl Iterator<Item = u8>,
+        exact: bool,
+        out: &mut Vec<ConnId>,
+    ) -> Option<u32> {
         let mut node = &self.nodes[0];
         let mut at = 0u32;
         out.extend_from_slice(&node.wild);
@@ -145,6 +158,7 @@ impl Trie {
     }
 
     /// The node spelled by `bytes`, if any.
+    #[cfg(test)]
     pub(crate) fn find(&self, bytes: impl Iterator<Item = u8>) -> Option<u32> {
         let mut at = 0u32;
         for byte in bytes {
@@ -154,7 +168,13 @@ impl Trie {
     }
 
     /// Push the chosen lists of `start` and of every node below it.
-    pub(crate) fn collect_subtree(&self, start: u32, exact: bool, wild: bool, out: &mut Vec<ConnId>) {
+    pub(crate) fn collect_subtree(
+        &self,
+        start: u32,
+        exact: bool,
+        wild: bool,
+        out: &mut Vec<ConnId>,
+    ) {
         let mut stack = vec![start];
         while let Some(at) = stack.pop() {
             let node = &self.nodes[at as usize];

@@ -59,13 +59,22 @@ impl PatternCache {
     }
 
     /// A cache bounded by `capacity` entries and `byte_budget` heap bytes of patterns.
-    pub fn with_byte_budget(capacity: usize, limits: PatternLimits, byte_budget: usize) -> PatternCache {
+    pub fn with_byte_budget(
+        capacity: usize,
+        limits: PatternLimits,
+        byte_budget: usize,
+    ) -> PatternCache {
         let shard_count = if capacity >= SHARDS * 16 { SHARDS } else { 1 };
         let shards = if capacity == 0 {
             Vec::new()
         } else {
             (0..shard_count)
-                .map(|_| Mutex::new(Shard::new(capacity.div_ceil(shard_count), byte_budget / shard_count)))
+                .map(|_| {
+                    Mutex::new(Shard::new(
+                        capacity.div_ceil(shard_count),
+                        byte_budget / shard_count,
+                    ))
+                })
                 .collect()
         };
         PatternCache {
@@ -83,8 +92,15 @@ impl PatternCache {
     }
 
     /// The compiled pattern for (`source`, `explicit`), from the cache or freshly compiled.
-    pub fn get(&self, source: &str, explicit: Option<PatternType>) -> Result<Arc<Pattern>, PatternError> {
-        let view = KeyRef { kind: explicit, source };
+    pub fn get(
+        &self,
+        source: &str,
+        explicit: Option<PatternType>,
+    ) -> Result<Arc<Pattern>, PatternError> {
+        let view = KeyRef {
+            kind: explicit,
+            source,
+        };
         let hash = self.hasher.hash_one(&view as &dyn KeyView);
         let Some(shard) = self.shards.get(shard_index(hash, self.shards.len())) else {
             self.misses.fetch_add(1, Ordering::Relaxed);
@@ -100,7 +116,10 @@ impl PatternCache {
             Ok(p) => p.memory_usage(),
             Err(_) => source.len(),
         };
-        let key = CacheKey { kind: explicit, source: source.into() };
+        let key = CacheKey {
+            kind: explicit,
+            source: source.into(),
+        };
         shard.lock().insert(key, result, bytes)
     }
 
@@ -116,7 +135,11 @@ impl PatternCache {
 
 fn shard_index(hash: u64, shards: usize) -> usize {
     // Take high bits: the shard's own map uses the low ones.
-    if shards == 0 { 0 } else { ((hash >> 32) as usize) % shards }
+    if shards == 0 {
+        0
+    } else {
+        ((hash >> 32) as usize) % shards
+    }
 }
 
 /// An owned cache key.
@@ -242,10 +265,18 @@ impl Shard {
                 return slot.value.clone();
             }
         }
-        while !self.map.is_empty() && (self.map.len() >= self.capacity || self.bytes + bytes > self.byte_budget) {
+        while !self.map.is_empty()
+            && (self.map.len() >= self.capacity || self.bytes + bytes > self.byte_budget)
+        {
             self.evict_tail();
         }
-        let slot = Slot { key: key.clone(), value: value.clone(), bytes, prev: NIL, next: NIL };
+        let slot = Slot {
+            key: key.clone(),
+            value: value.clone(),
+            bytes,
+            prev: NIL,
+            next: NIL,
+        };
         let idx = match self.free.pop() {
             Some(idx) => {
                 self.slots[idx as usize] = slot;
@@ -410,7 +441,9 @@ mod tests {
                 let c = Arc::clone(&c);
                 std::thread::spawn(move || {
                     for i in 0..2000 {
-                        let p = c.get(&format!("user:{}:*", (i * 7 + t) % 300), None).unwrap();
+                        let p = c
+                            .get(&format!("user:{}:*", (i * 7 + t) % 300), None)
+                            .unwrap();
                         assert!(p.is_match(&format!("user:{}:x", (i * 7 + t) % 300)));
                     }
                 })

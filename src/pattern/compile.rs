@@ -29,7 +29,6 @@ use regex_syntax::hir::{Hir, Look};
 use super::PatternError;
 
 /// A compiled glob or regex.
-#[derive(Debug)]
 pub(crate) struct Compiled {
     pub(crate) dfa: dense::DFA<Vec<u32>>,
     pub(crate) start: StateID,
@@ -51,22 +50,34 @@ pub(crate) fn byte_parser() -> regex_syntax::Parser {
 
 /// Parse a user regex; the error carries the parser's own message and position.
 pub(crate) fn parse_user_regex(source: &str) -> Result<Hir, PatternError> {
-    user_parser().parse(source).map_err(|e| PatternError::Invalid(syntax_message(&e)))
+    user_parser()
+        .parse(source)
+        .map_err(|e| PatternError::Invalid(syntax_message(&e)))
 }
 
 /// Parse an anchored regex we generated ourselves (glob translation).
 pub(crate) fn parse_generated(source: &str) -> Result<Hir, PatternError> {
-    byte_parser().parse(source).map_err(|e| PatternError::Invalid(syntax_message(&e)))
+    byte_parser()
+        .parse(source)
+        .map_err(|e| PatternError::Invalid(syntax_message(&e)))
 }
 
 /// One-line form of a regex-syntax error (its `Display` draws a multi-line caret diagram).
 fn syntax_message(err: &regex_syntax::Error) -> String {
     match err {
         regex_syntax::Error::Parse(e) => {
-            format!("regex parse error at byte {}: {}", e.span().start.offset, e.kind())
+            format!(
+                "regex parse error at byte {}: {}",
+                e.span().start.offset,
+                e.kind()
+            )
         }
         regex_syntax::Error::Translate(e) => {
-            format!("regex parse error at byte {}: {}", e.span().start.offset, e.kind())
+            format!(
+                "regex parse error at byte {}: {}",
+                e.span().start.offset,
+                e.kind()
+            )
         }
         other => other.to_string().replace('\n', " "),
     }
@@ -137,7 +148,11 @@ impl Compiled {
         } else {
             None
         };
-        Ok(Compiled { dfa, start, fallback })
+        Ok(Compiled {
+            dfa,
+            start,
+            fallback,
+        })
     }
 
     /// Whole-key match (see the module documentation).
@@ -181,6 +196,16 @@ impl Compiled {
     /// Heap bytes held (for the cache's byte budget).
     pub(crate) fn memory_usage(&self) -> usize {
         self.dfa.memory_usage() + self.fallback.as_ref().map_or(0, meta::Regex::memory_usage)
+    }
+}
+
+// A dense DFA's own `Debug` prints every state: far too much for a log line.
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("memory_usage", &self.memory_usage())
+            .field("fallback", &self.fallback.is_some())
+            .finish()
     }
 }
 

@@ -51,7 +51,11 @@ impl FstAutomaton for DfaAutomaton<'_> {
     }
 
     fn accept(&self, s: &StateID, byte: u8) -> StateID {
-        if self.0.dfa.is_quit_state(*s) { *s } else { self.0.dfa.next_state(*s, byte) }
+        if self.0.dfa.is_quit_state(*s) {
+            *s
+        } else {
+            self.0.dfa.next_state(*s, byte)
+        }
     }
 }
 
@@ -78,7 +82,12 @@ struct Collector {
 
 impl Collector {
     fn new(limit: Option<usize>, need_count: bool) -> Self {
-        Collector { keys: Vec::new(), count: 0, limit: limit.unwrap_or(usize::MAX), need_count }
+        Collector {
+            keys: Vec::new(),
+            count: 0,
+            limit: limit.unwrap_or(usize::MAX),
+            need_count,
+        }
     }
 
     /// Returns false when the walk can stop.
@@ -95,7 +104,10 @@ impl Collector {
     }
 
     fn finish(self) -> FstMatches {
-        FstMatches { keys: self.keys, count: self.count }
+        FstMatches {
+            keys: self.keys,
+            count: self.count,
+        }
     }
 }
 

@@ -84,7 +84,10 @@ pub struct PatternLimits {
 
 impl Default for PatternLimits {
     fn default() -> Self {
-        PatternLimits { max_pattern_bytes: 1024, max_regex_bytes: 1 << 20 }
+        PatternLimits {
+            max_pattern_bytes: 1024,
+            max_regex_bytes: 1 << 20,
+        }
     }
 }
 
@@ -111,7 +114,10 @@ impl PatternError {
     /// True for input-shape errors (SPEC: 400 `validation_failed`), false for patterns that do
     /// not compile (400 `invalid_pattern`).
     pub fn is_validation(&self) -> bool {
-        matches!(self, PatternError::Empty | PatternError::TooLong { .. } | PatternError::ControlChar)
+        matches!(
+            self,
+            PatternError::Empty | PatternError::TooLong { .. } | PatternError::ControlChar
+        )
     }
 }
 
@@ -175,7 +181,13 @@ impl Pattern {
                 (Matcher::Dfa(Box::new(compiled)), Some(regex), prefix)
             }
         };
-        Ok(Pattern { source: source.to_string(), kind, matcher, regex_source, literal_prefix })
+        Ok(Pattern {
+            source: source.to_string(),
+            kind,
+            matcher,
+            regex_source,
+            literal_prefix,
+        })
     }
 
     /// The pattern as the client wrote it.
@@ -202,7 +214,9 @@ impl Pattern {
     /// The exact key, the prefix text or the suffix text; None for globs and regexes.
     pub fn literal(&self) -> Option<&str> {
         match self.kind {
-            PatternType::Exact | PatternType::Prefix | PatternType::Suffix => self.effective_literal(),
+            PatternType::Exact | PatternType::Prefix | PatternType::Suffix => {
+                self.effective_literal()
+            }
             PatternType::Glob | PatternType::Regex => None,
         }
     }

@@ -104,8 +104,17 @@ impl<'a> LitWalk<'a> {
         for &b in lit {
             in_lit[usize::from(b)] = true;
         }
-        let fail = if suffix { failure_function(lit) } else { Vec::new() };
-        LitWalk { lit, fail, suffix, in_lit }
+        let fail = if suffix {
+            failure_function(lit)
+        } else {
+            Vec::new()
+        };
+        LitWalk {
+            lit,
+            fail,
+            suffix,
+            in_lit,
+        }
     }
     fn prefix(lit: &'a [u8]) -> Self {
         Self::new(lit, false)
@@ -169,7 +178,11 @@ impl Walk for LitWalk<'_> {
         s == self.lit.len()
     }
     fn class(&self, byte: u8) -> u16 {
-        if self.in_lit[usize::from(byte)] { u16::from(byte) + 1 } else { 0 }
+        if self.in_lit[usize::from(byte)] {
+            u16::from(byte) + 1
+        } else {
+            0
+        }
     }
 }
 
@@ -206,7 +219,9 @@ fn product_nonempty<A: Walk, B: Walk>(a: &A, b: &B) -> bool {
 /// One representative byte per distinct pair of classes.
 fn joint_alphabet<A: Walk, B: Walk>(a: &A, b: &B) -> Vec<u8> {
     let mut seen = HashSet::new();
-    (0..=255u8).filter(|&byte| seen.insert((a.class(byte), b.class(byte)))).collect()
+    (0..=255u8)
+        .filter(|&byte| seen.insert((a.class(byte), b.class(byte))))
+        .collect()
 }
 
 #[cfg(test)]
@@ -217,7 +232,9 @@ mod tests {
     fn kmp_walk_accepts_exactly_keys_ending_with_the_suffix() {
         let lit = b"abab";
         let walk = LitWalk::suffix(lit);
-        for key in ["abab", "aabab", "ababab", "abba", "", "ab", "xxabab", "ababa"] {
+        for key in [
+            "abab", "aabab", "ababab", "abba", "", "ab", "xxabab", "ababa",
+        ] {
             let end = key.bytes().fold(walk.start(), |s, b| walk.next(s, b));
             assert_eq!(walk.accepts_at_end(end), key.ends_with("abab"), "{key}");
         }

@@ -44,7 +44,10 @@ pub(crate) fn validate(source: &str, limits: &PatternLimits) -> Result<(), Patte
         return Err(PatternError::Empty);
     }
     if source.len() > limits.max_pattern_bytes {
-        return Err(PatternError::TooLong { len: source.len(), max: limits.max_pattern_bytes });
+        return Err(PatternError::TooLong {
+            len: source.len(),
+            max: limits.max_pattern_bytes,
+        });
     }
     if source.bytes().any(|b| b.is_ascii_control()) {
         return Err(PatternError::ControlChar);
@@ -103,9 +106,10 @@ fn infer_from_tokens(tokens: Vec<Token>) -> (PatternType, Shape) {
             let text = literal_text(&tokens[..tokens.len() - 1]);
             (PatternType::Prefix, Shape::Prefix(text))
         }
-        (1, 0) if tokens.first() == Some(&Token::Star) => {
-            (PatternType::Suffix, Shape::Suffix(literal_text(&tokens[1..])))
-        }
+        (1, 0) if tokens.first() == Some(&Token::Star) => (
+            PatternType::Suffix,
+            Shape::Suffix(literal_text(&tokens[1..])),
+        ),
         _ => (PatternType::Glob, Shape::Glob(tokens)),
     }
 }
@@ -156,7 +160,8 @@ pub(crate) fn glob_literal_prefix(tokens: &[Token]) -> String {
 
 /// `?` as a byte-level class: exactly one UTF-8 encoded scalar value. Keys are valid UTF-8,
 /// so lead byte + the right number of continuation bytes is one scalar.
-const ONE_SCALAR: &str = r"(?-u:[\x00-\x7F]|[\xC0-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF7][\x80-\xBF]{3})";
+const ONE_SCALAR: &str =
+    r"(?-u:[\x00-\x7F]|[\xC0-\xDF][\x80-\xBF]|[\xE0-\xEF][\x80-\xBF]{2}|[\xF0-\xF7][\x80-\xBF]{3})";
 
 /// `*` as a byte-level class: any bytes. A run of bytes between scalar-aligned tokens of a
 /// valid UTF-8 key is itself whole scalars, so this equals "any run of characters".
@@ -197,9 +202,18 @@ mod tests {
 
     #[test]
     fn inference_table() {
-        assert_eq!(inferred("user:123"), (PatternType::Exact, Shape::Exact("user:123".into())));
-        assert_eq!(inferred("user:123:*"), (PatternType::Prefix, Shape::Prefix("user:123:".into())));
-        assert_eq!(inferred("*:profile"), (PatternType::Suffix, Shape::Suffix(":profile".into())));
+        assert_eq!(
+            inferred("user:123"),
+            (PatternType::Exact, Shape::Exact("user:123".into()))
+        );
+        assert_eq!(
+            inferred("user:123:*"),
+            (PatternType::Prefix, Shape::Prefix("user:123:".into()))
+        );
+        assert_eq!(
+            inferred("*:profile"),
+            (PatternType::Suffix, Shape::Suffix(":profile".into()))
+        );
         assert_eq!(inferred("*").0, PatternType::Prefix);
         assert_eq!(inferred("*").1, Shape::Prefix(String::new()));
         assert_eq!(inferred("user:*:profile").0, PatternType::Glob);
@@ -213,11 +227,26 @@ mod tests {
 
     #[test]
     fn escaped_wildcards_do_not_count_for_inference() {
-        assert_eq!(inferred(r"user:\*"), (PatternType::Exact, Shape::Exact("user:*".into())));
-        assert_eq!(inferred(r"a\?b"), (PatternType::Exact, Shape::Exact("a?b".into())));
-        assert_eq!(inferred(r"\**"), (PatternType::Prefix, Shape::Prefix("*".into())));
-        assert_eq!(inferred(r"*\*"), (PatternType::Suffix, Shape::Suffix("*".into())));
-        assert_eq!(inferred(r"C:\dir"), (PatternType::Exact, Shape::Exact(r"C:\dir".into())));
+        assert_eq!(
+            inferred(r"user:\*"),
+            (PatternType::Exact, Shape::Exact("user:*".into()))
+        );
+        assert_eq!(
+            inferred(r"a\?b"),
+            (PatternType::Exact, Shape::Exact("a?b".into()))
+        );
+        assert_eq!(
+            inferred(r"\**"),
+            (PatternType::Prefix, Shape::Prefix("*".into()))
+        );
+        assert_eq!(
+            inferred(r"*\*"),
+            (PatternType::Suffix, Shape::Suffix("*".into()))
+        );
+        assert_eq!(
+            inferred(r"C:\dir"),
+            (PatternType::Exact, Shape::Exact(r"C:\dir".into()))
+        );
     }
 
     #[test]
@@ -226,21 +255,48 @@ mod tests {
         assert_eq!(exact, (PatternType::Exact, Shape::Exact("a*b".into())));
         let verbatim = infer(r"user:\*", Some(PatternType::Exact));
         assert_eq!(verbatim.1, Shape::Exact(r"user:\*".into()));
-        assert_eq!(infer("user:", Some(PatternType::Prefix)).1, Shape::Prefix("user:".into()));
-        assert_eq!(infer("user:*", Some(PatternType::Prefix)).1, Shape::Prefix("user:".into()));
-        assert_eq!(infer("a**", Some(PatternType::Prefix)).1, Shape::Prefix("a*".into()));
-        assert_eq!(infer(":p", Some(PatternType::Suffix)).1, Shape::Suffix(":p".into()));
-        assert_eq!(infer("*:p", Some(PatternType::Suffix)).1, Shape::Suffix(":p".into()));
-        assert_eq!(infer("*", Some(PatternType::Suffix)).1, Shape::Suffix(String::new()));
+        assert_eq!(
+            infer("user:", Some(PatternType::Prefix)).1,
+            Shape::Prefix("user:".into())
+        );
+        assert_eq!(
+            infer("user:*", Some(PatternType::Prefix)).1,
+            Shape::Prefix("user:".into())
+        );
+        assert_eq!(
+            infer("a**", Some(PatternType::Prefix)).1,
+            Shape::Prefix("a*".into())
+        );
+        assert_eq!(
+            infer(":p", Some(PatternType::Suffix)).1,
+            Shape::Suffix(":p".into())
+        );
+        assert_eq!(
+            infer("*:p", Some(PatternType::Suffix)).1,
+            Shape::Suffix(":p".into())
+        );
+        assert_eq!(
+            infer("*", Some(PatternType::Suffix)).1,
+            Shape::Suffix(String::new())
+        );
         assert_eq!(infer("abc", Some(PatternType::Glob)).0, PatternType::Glob);
-        assert_eq!(infer("abc", Some(PatternType::Regex)), (PatternType::Regex, Shape::Regex));
+        assert_eq!(
+            infer("abc", Some(PatternType::Regex)),
+            (PatternType::Regex, Shape::Regex)
+        );
     }
 
     #[test]
     fn validation() {
-        let limits = PatternLimits { max_pattern_bytes: 4, max_regex_bytes: 1 << 20 };
+        let limits = PatternLimits {
+            max_pattern_bytes: 4,
+            max_regex_bytes: 1 << 20,
+        };
         assert_eq!(validate("", &limits), Err(PatternError::Empty));
-        assert_eq!(validate("abcde", &limits), Err(PatternError::TooLong { len: 5, max: 4 }));
+        assert_eq!(
+            validate("abcde", &limits),
+            Err(PatternError::TooLong { len: 5, max: 4 })
+        );
         assert_eq!(validate("a\nb", &limits), Err(PatternError::ControlChar));
         assert_eq!(validate("a\u{7f}", &limits), Err(PatternError::ControlChar));
         assert_eq!(validate("é", &limits), Ok(()));
@@ -250,9 +306,18 @@ mod tests {
     fn glob_helpers() {
         let t = tokenize("user:*:p?");
         assert_eq!(glob_literal_prefix(&t), "user:");
-        assert_eq!(glob_as_literal(&tokenize("ab**")), Some(Shape::Prefix("ab".into())));
-        assert_eq!(glob_as_literal(&tokenize("**ab")), Some(Shape::Suffix("ab".into())));
-        assert_eq!(glob_as_literal(&tokenize("ab")), Some(Shape::Exact("ab".into())));
+        assert_eq!(
+            glob_as_literal(&tokenize("ab**")),
+            Some(Shape::Prefix("ab".into()))
+        );
+        assert_eq!(
+            glob_as_literal(&tokenize("**ab")),
+            Some(Shape::Suffix("ab".into()))
+        );
+        assert_eq!(
+            glob_as_literal(&tokenize("ab")),
+            Some(Shape::Exact("ab".into()))
+        );
         assert_eq!(glob_as_literal(&tokenize("a*b")), None);
         assert_eq!(glob_to_regex(&tokenize("a.**")), format!("^a\\.{ANY_RUN}$"));
     }

@@ -1,0 +1,170 @@
+//! Routing indexes (SPEC targets):
+//! - `SubscriptionIndex::match_key` with 10 and with 10,000 subscription patterns in NOTES.md's
+//!   mix (70% prefixes, 25% suffixes, 5% globs and regexes): 10,000 must stay within 1.5x of 10.
+//! - `TrackedIndex::matches` over 1,000,000 tracked keys: a prefix resolving 1,000 keys
+//!   (target < 2 ms p99) and a selective regex.
+//!
+//! Run: `cargo bench --bench index -- --warm-up-time 1 --measurement-time 3`. After the
+//! criterion groups, a p99 over 2,000 timed calls is printed for the tracked-key lookups.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group};
+use invalidator::index::{SubscriptionIndex, TrackedIndex};
+use invalidator::pattern::{Pattern, PatternLimits, PatternType};
+
+fn pat(source: &str, explicit: Option<PatternType>) -> Arc<Pattern> {
+    match Pattern::parse(source, explicit, &PatternLimits::default()) {
+        Ok(p) => Arc::new(p),
+        Err(e) => panic!("bench pattern {source:?}: {e}"),
+    }
+}
+
+/// `n` subscription patterns, one connection each, in NOTES.md's mix.
+fn subscriptions(n: usize) -> SubscriptionIndex {
+    let idx = SubscriptionIndex::new();
+    let prefixes = n * 70 / 100;
+    let suffixes = n * 25 / 100;
+    let automata = n - prefixes - suffixes;
+    let mut conn = 0u64;
+    let mut add = |p: Arc<Pattern>| {
+        idx.subscribe(conn, p);
+        conn += 1;
+    };
+    for i in 0..prefixes {
+        add(pat(&format!("svc{}:obj{}:*", i % 97, i), None));
+    }
+    for i in 0..suffixes {
+        add(pat(&format!("*:field{i}"), None));
+    }
+    for i in 0..automata {
+        if i % 2 == 0 {
+            add(pat(&format!("user:*:item{i}"), None));
+        } else {
+            add(pat(
+                &format!("order:[0-9]+:line{i}"),
+                Some(PatternType::Regex),
+            ));
+        }
+    }
+    idx.rebuild();
+    let stats = idx.stats();
+    println!("{n} patterns: {stats:?}");
+    idx
+}
+
+/// Keys hitting each class and missing them all.
+fn probe_keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    for i in 0..64 {
+        keys.push(format!("svc{}:obj{}:name", i % 97, i * 13));
+        keys.push(format!("tenant{i}:cache:field{}", i * 7));
+        keys.push(format!("user:{i}:item{}", i * 2));
+        keys.push(format!("order:{}:line{}", i * 31, i * 2 + 1));
+        keys.push(format!("session:{i}:token"));
+    }
+    keys
+}
+
+fn bench_match_key(c: &mut Criterion) {
+    let keys = probe_keys();
+    let mut group = c.benchmark_group("subs_match_key");
+    for n in [10usize, 10_000] {
+        let idx = subscriptions(n);
+        let mut out = Vec::with_capacity(64);
+        let mut i = 0usize;
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                out.clear();
+                i = (i + 1) % keys.len();
+                idx.match_key(black_box(&keys[i]), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+fn bench_match_pattern(c: &mut Criterion) {
+    let idx = subscriptions(10_000);
+    let mut group = c.benchmark_group("subs_match_pattern_10000");
+    for (name, p) in [
+        ("prefix", pat("svc5:obj*", None)),
+        ("suffix", pat("*:field77", None)),
+        ("glob", pat("user:*:item4?", None)),
+    ] {
+        let mut out = Vec::new();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                out.clear();
+                idx.match_pattern(black_box(&p), &mut out);
+                black_box(out.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+/// 1,000,000 keys `obj:NNNN:MMM` (1,000 per `obj:NNNN:` prefix), tracked by 100 connections.
+fn tracked_million() -> TrackedIndex {
+    let t = TrackedIndex::new();
+    for i in 0..1_000_000u64 {
+        t.track(i % 100, &format!("obj:{:04}:{:03}", i / 1000, i % 1000));
+    }
+    t.rebuild();
+    t
+}
+
+fn tracked_patterns() -> [(&'static str, Arc<Pattern>); 2] {
+    [
+        ("prefix_1000_hits", pat("obj:0042:*", None)),
+        (
+            "regex_50_hits",
+            pat("obj:0[0-4]17:99[0-9]", Some(PatternType::Regex)),
+        ),
+    ]
+}
+
+fn bench_tracked(c: &mut Criterion, t: &TrackedIndex) {
+    let mut group = c.benchmark_group("tracked_matches_1m");
+    for (name, p) in tracked_patterns() {
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(t.matches(black_box(&p), 10_000)))
+        });
+    }
+    group.finish();
+}
+
+fn p99_report(t: &TrackedIndex) {
+    for (name, p) in tracked_patterns() {
+        let mut samples: Vec<Duration> = (0..2_000)
+            .map(|_| {
+                let start = Instant::now();
+                black_box(t.matches(&p, 10_000));
+                start.elapsed()
+            })
+            .collect();
+        samples.sort_unstable();
+        let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+        let (_, count) = t.matches(&p, 0);
+        println!(
+            "tracked_matches_1m/{name}: {count} hits, p50 {:?}, p99 {:?}, max {:?}",
+            at(0.50),
+            at(0.99),
+            samples[samples.len() - 1]
+        );
+    }
+}
+
+criterion_group!(subs, bench_match_key, bench_match_pattern);
+
+fn main() {
+    subs();
+    let t = tracked_million();
+    let mut c = Criterion::default().configure_from_args();
+    bench_tracked(&mut c, &t);
+    p99_report(&t);
+    c.final_summary();
+}
