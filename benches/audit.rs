@@ -33,7 +33,11 @@ const BASE_US: i64 = 1_736_938_200_000_000;
 
 fn record(seq: u64, tag: &str) -> AuditRecord {
     let target = if seq % 5 == 0 {
-        let p = Pattern::parse(&format!("user:{}:*", seq % 1000), Some(PatternType::Prefix), &PatternLimits::default());
+        let p = Pattern::parse(
+            &format!("user:{}:*", seq % 1000),
+            Some(PatternType::Prefix),
+            &PatternLimits::default(),
+        );
         match p {
             Ok(p) => Target::Pattern {
                 pattern: Arc::new(p),
@@ -43,7 +47,10 @@ fn record(seq: u64, tag: &str) -> AuditRecord {
             Err(_) => Target::Keys(vec![format!("user:{seq}")]),
         }
     } else {
-        Target::Keys(vec![format!("user:{}", seq % 100_000), format!("order:{seq}")])
+        Target::Keys(vec![
+            format!("user:{}", seq % 100_000),
+            format!("order:{seq}"),
+        ])
     };
     let inv = Invalidation {
         seq,
@@ -54,11 +61,17 @@ fn record(seq: u64, tag: &str) -> AuditRecord {
         node_id: Arc::from("node-bench"),
         target,
     };
-    AuditRecord { inv: Arc::new(inv), latency_us: 150, body_hash: "0".repeat(64) }
+    AuditRecord {
+        inv: Arc::new(inv),
+        latency_us: 150,
+        body_hash: "0".repeat(64),
+    }
 }
 
 fn rows(range: std::ops::Range<u64>, tag: &str) -> Vec<AuditRow> {
-    range.map(|s| AuditRow::from_record(&record(s, tag))).collect()
+    range
+        .map(|s| AuditRow::from_record(&record(s, tag)))
+        .collect()
 }
 
 fn pct(samples: &mut [Duration], q: f64) -> f64 {
@@ -93,17 +106,25 @@ async fn report_queries(name: &str, audit: &AuditPipeline) {
     for q in QUERIES {
         let _ = latency(audit, q, 5).await; // warm the cache
         let (p50, p99, total) = latency(audit, q, 200).await;
-        println!("{name} query_logs {q:<62} p50 {p50:6.2} ms  p99 {p99:6.2} ms  total_count {total}");
+        println!(
+            "{name} query_logs {q:<62} p50 {p50:6.2} ms  p99 {p99:6.2} ms  total_count {total}"
+        );
     }
 }
 
 async fn pg_bench(n_query_rows: u64) -> Result<(), Box<dyn std::error::Error>> {
     let name = format!("inv_bench_{:x}", fastrand::u64(..));
     let mut admin = sqlx::PgConnection::connect(PG_ADMIN).await?;
-    admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await?;
     let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
     let result = pg_bench_in(&url, n_query_rows).await;
-    admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)"))).await?;
+    admin
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .await?;
     result
 }
 
@@ -112,7 +133,10 @@ async fn pg_bench_in(url: &str, n_query_rows: u64) -> Result<(), Box<dyn std::er
     let config = Config {
         data_dir: dir.clone(),
         database_url: Some(url.into()),
-        audit: AuditConfig { batch_size: 5000, ..AuditConfig::default() },
+        audit: AuditConfig {
+            batch_size: 5000,
+            ..AuditConfig::default()
+        },
         ..Config::default()
     };
 
@@ -121,10 +145,17 @@ async fn pg_bench_in(url: &str, n_query_rows: u64) -> Result<(), Box<dyn std::er
     let n = 200_000u64;
     let records: Vec<AuditRecord> = (1..=n).map(|s| record(s, "pipe")).collect();
     let t = Instant::now();
+    let mut full = 0u64;
     for r in records {
-        match audit.reserve().await {
-            Ok(p) => p.send(r),
-            Err(e) => return Err(e.message.into()),
+        // Like a client: a 503 (pipeline full after enqueue_wait_ms) is retried.
+        loop {
+            match audit.reserve().await {
+                Ok(p) => {
+                    p.send(r);
+                    break;
+                }
+                Err(_) => full += 1,
+            }
         }
     }
     while audit.stats().written < n {
@@ -134,7 +165,7 @@ async fn pg_bench_in(url: &str, n_query_rows: u64) -> Result<(), Box<dyn std::er
     let s = audit.stats();
     println!(
         "postgres pipeline (reserve+send → COPY, batch 5000): {n} rows in {secs:.2} s = {:.0} rows/s; \
-         write latency p50 {} µs p99 {} µs; batch p50 {}",
+         write latency p50 {} µs p99 {} µs; batch p50 {}; 503s while full: {full}",
         n as f64 / secs,
         s.write_latency_us.p50,
         s.write_latency_us.p99,
@@ -146,13 +177,18 @@ async fn pg_bench_in(url: &str, n_query_rows: u64) -> Result<(), Box<dyn std::er
     // 2. The store's write paths, and 3. the per-row baseline.
     let store = PgStore::connect(url, Duration::from_secs(5)).await?;
     for (mode, tag) in [(WriteMode::Fresh, "fresh"), (WriteMode::Replay, "replay")] {
-        let batches: Vec<Vec<AuditRow>> = (0..20).map(|b| rows(b * 5000..(b + 1) * 5000, tag)).collect();
+        let batches: Vec<Vec<AuditRow>> = (0..20)
+            .map(|b| rows(b * 5000..(b + 1) * 5000, tag))
+            .collect();
         let t = Instant::now();
         for batch in &batches {
             store.write(batch, mode).await?;
         }
         let secs = t.elapsed().as_secs_f64();
-        println!("postgres store.write({mode:?}), 20 x 5000 rows: {:.0} rows/s", 100_000.0 / secs);
+        println!(
+            "postgres store.write({mode:?}), 20 x 5000 rows: {:.0} rows/s",
+            100_000.0 / secs
+        );
     }
     let single = rows(0..5000, "single");
     let mut conn = store.pool().acquire().await?;
@@ -181,7 +217,10 @@ async fn pg_bench_in(url: &str, n_query_rows: u64) -> Result<(), Box<dyn std::er
         .await?;
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("postgres baseline, one autocommit INSERT per row, 5000 rows: {:.0} rows/s", 5000.0 / secs);
+    println!(
+        "postgres baseline, one autocommit INSERT per row, 5000 rows: {:.0} rows/s",
+        5000.0 / secs
+    );
     drop(conn);
 
     // 4. Fill to n_query_rows and time the first page.
@@ -193,8 +232,13 @@ async fn pg_bench_in(url: &str, n_query_rows: u64) -> Result<(), Box<dyn std::er
         store.write(&rows(next..end, "q"), WriteMode::Fresh).await?;
         next = end;
     }
-    println!("postgres fill {next} rows: {:.0} rows/s", next as f64 / t.elapsed().as_secs_f64());
-    sqlx::query("ANALYZE invalidation_audit").execute(store.pool()).await?;
+    println!(
+        "postgres fill {next} rows: {:.0} rows/s",
+        next as f64 / t.elapsed().as_secs_f64()
+    );
+    sqlx::query("ANALYZE invalidation_audit")
+        .execute(store.pool())
+        .await?;
     let audit = AuditPipeline::start(&config).await?;
     report_queries("postgres", &audit).await;
     audit.shutdown().await;
@@ -212,9 +256,15 @@ async fn sqlite_bench(n_rows: u64) -> Result<(), Box<dyn std::error::Error>> {
         store.write(&rows(next..end, "q")).await?;
         next = end;
     }
-    println!("sqlite store.write, 5000-row transactions: {:.0} rows/s", n_rows as f64 / t.elapsed().as_secs_f64());
+    println!(
+        "sqlite store.write, 5000-row transactions: {:.0} rows/s",
+        n_rows as f64 / t.elapsed().as_secs_f64()
+    );
     sqlx::query("ANALYZE").execute(store.pool()).await?;
-    let config = Config { data_dir: dir.clone(), ..Config::default() };
+    let config = Config {
+        data_dir: dir.clone(),
+        ..Config::default()
+    };
     let audit = AuditPipeline::start(&config).await?;
     report_queries("sqlite", &audit).await;
     audit.shutdown().await;
@@ -223,8 +273,14 @@ async fn sqlite_bench(n_rows: u64) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() {
-    let n: u64 = std::env::var("AUDIT_BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let n: u64 = std::env::var("AUDIT_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("runtime: {e}");

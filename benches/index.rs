@@ -158,9 +158,43 @@ fn p99_report(t: &TrackedIndex) {
     }
 }
 
+/// Noise-resistant comparison of `match_key` at 10 and 10,000 patterns: rounds alternate
+/// between the two indexes, and each side keeps its fastest round (a shared machine only ever
+/// makes a round slower).
+fn ratio_report() {
+    let keys = probe_keys();
+    let small = subscriptions(10);
+    let large = subscriptions(10_000);
+    let mut out = Vec::with_capacity(64);
+    let mut time = |idx: &SubscriptionIndex| {
+        let start = Instant::now();
+        for _ in 0..20 {
+            for key in &keys {
+                out.clear();
+                idx.match_key(black_box(key), &mut out);
+                black_box(out.len());
+            }
+        }
+        start.elapsed().as_nanos() as f64 / (20 * keys.len()) as f64
+    };
+    let (mut best_small, mut best_large) = (f64::MAX, f64::MAX);
+    for _ in 0..200 {
+        best_small = best_small.min(time(&small));
+        best_large = best_large.min(time(&large));
+    }
+    println!(
+        "subs_match_key best-of-200 rounds: 10 patterns {best_small:.1} ns, 10,000 patterns {best_large:.1} ns, ratio {:.2}",
+        best_large / best_small
+    );
+}
+
 criterion_group!(subs, bench_match_key, bench_match_pattern);
 
 fn main() {
+    ratio_report();
+    if std::env::var_os("INDEX_BENCH_RATIO_ONLY").is_some() {
+        return;
+    }
     subs();
     let t = tracked_million();
     let mut c = Criterion::default().configure_from_args();

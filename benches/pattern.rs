@@ -75,6 +75,40 @@ fn cache(c: &mut Criterion) {
     });
 }
 
+fn overlap(c: &mut Criterion) {
+    let limits = PatternLimits::default();
+    let parse = |s: &str, t: Option<PatternType>| Pattern::parse(s, t, &limits);
+    let pairs = [
+        ("prefix_prefix", ("user:1:*", None), ("user:*", None)),
+        ("glob_prefix", ("user:*:profile", None), ("user:12*", None)),
+        (
+            "glob_suffix_disjoint",
+            ("user:*:profile", None),
+            ("*:settings", None),
+        ),
+        (
+            "regex_glob_disjoint",
+            ("user:[0-9]+:x", Some(PatternType::Regex)),
+            ("user:*:y", None),
+        ),
+        (
+            "regex_regex_unicode",
+            (r"\w+:a", Some(PatternType::Regex)),
+            (r"\d+:b", Some(PatternType::Regex)),
+        ),
+    ];
+    let mut group = c.benchmark_group("may_overlap");
+    for (name, a, b) in pairs {
+        let (Ok(a), Ok(b)) = (parse(a.0, a.1), parse(b.0, b.1)) else {
+            continue;
+        };
+        group.bench_function(name, |bench| {
+            bench.iter(|| black_box(&a).may_overlap(black_box(&b)))
+        });
+    }
+    group.finish();
+}
+
 /// 1,000,000 keys `user:BBBB:III` (1,000 buckets of 1,000), forward and reversed.
 fn tracked_sets() -> (Set<Vec<u8>>, Set<Vec<u8>>) {
     let keys: Vec<String> = (0..1_000_000u32)
@@ -132,5 +166,12 @@ fn fst_search(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse_and_compile, is_match, cache, fst_search);
+criterion_group!(
+    benches,
+    parse_and_compile,
+    is_match,
+    cache,
+    overlap,
+    fst_search
+);
 criterion_main!(benches);

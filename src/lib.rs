@@ -33,6 +33,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;

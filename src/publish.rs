@@ -131,11 +131,12 @@ impl Publisher {
                 .map_err(|e| ApiError::unavailable(format!("stored event {seq}: {e}")))?;
             return Ok(Published::Duplicate { fingerprint, inv: Arc::new(inv) });
         }
+        // The audit record is written by this node's stream consumer (see `cluster`); the
+        // permit held so far was the back-pressure check.
+        drop(permit);
         inv.seq = seq;
         let inv = Arc::new(inv);
-        let latency_us = draft.received.elapsed().as_micros() as u64;
-        permit.send(AuditRecord { inv: inv.clone(), latency_us, body_hash: draft.body_hash });
-        self.metrics.record_accepted(&inv, latency_us);
+        self.metrics.record_accepted(&inv, draft.received.elapsed().as_micros() as u64);
         Ok(Published::Fresh(inv))
     }
 }

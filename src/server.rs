@@ -96,7 +96,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     };
     let hub = Hub::new(&config, epoch, node_id.clone(), patterns.clone(), start_seq);
     if let Some(c) = &cluster {
-        c.spawn_consumer(hub.clone(), patterns.clone(), config.ws.history_events);
+        c.spawn_consumer(hub.clone(), patterns.clone(), audit.clone(), config.ws.history_events);
     }
     let metrics = Arc::new(Metrics::new());
     let publisher =

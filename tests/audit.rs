@@ -59,7 +59,11 @@ fn pattern_inv(seq: u64, pattern: &str, kind: PatternType, matched: &[&str]) -> 
 
 fn record(inv: Invalidation) -> AuditRecord {
     let latency_us = 100 + inv.seq * 7;
-    AuditRecord { body_hash: format!("hash-{}", inv.seq), inv: Arc::new(inv), latency_us }
+    AuditRecord {
+        body_hash: format!("hash-{}", inv.seq),
+        inv: Arc::new(inv),
+        latency_us,
+    }
 }
 
 /// A mixed workload: seq 1..=n, three triggerers, every 5th a pattern.
@@ -67,7 +71,12 @@ fn workload(range: std::ops::RangeInclusive<u64>) -> Vec<AuditRecord> {
     range
         .map(|seq| {
             if seq % 5 == 0 {
-                record(pattern_inv(seq, &format!("user:{}:*", seq % 3), PatternType::Prefix, &["user:0:a"]))
+                record(pattern_inv(
+                    seq,
+                    &format!("user:{}:*", seq % 3),
+                    PatternType::Prefix,
+                    &["user:0:a"],
+                ))
             } else {
                 let who = ["admin", "deploy", "orders"][(seq % 3) as usize];
                 let k1 = format!("user:{}", seq % 10);
@@ -102,7 +111,11 @@ impl Drop for TempDir {
 }
 
 fn temp_dir(tag: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("audit-{tag}-{}-{:x}", std::process::id(), fastrand::u64(..)));
+    let d = std::env::temp_dir().join(format!(
+        "audit-{tag}-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&d).expect("temp dir");
     TempDir(d)
 }
@@ -141,8 +154,13 @@ struct PgDb {
 impl PgDb {
     async fn create() -> PgDb {
         let name = format!("inv_test_{:x}", fastrand::u64(..));
-        let mut admin = sqlx::PgConnection::connect(PG_ADMIN).await.expect("postgres on 127.0.0.1:5432");
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create db");
+        let mut admin = sqlx::PgConnection::connect(PG_ADMIN)
+            .await
+            .expect("postgres on 127.0.0.1:5432");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .expect("create db");
         PgDb { name }
     }
 
@@ -155,7 +173,9 @@ impl PgDb {
     }
 
     async fn conn(&self) -> sqlx::PgConnection {
-        sqlx::PgConnection::connect(&self.url()).await.expect("connect test db")
+        sqlx::PgConnection::connect(&self.url())
+            .await
+            .expect("connect test db")
     }
 
     async fn drop_db(mut self) {
@@ -176,7 +196,12 @@ impl Drop for PgDb {
             return;
         }
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             rt.block_on(async {
                 if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN).await {
                     let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
@@ -244,7 +269,12 @@ impl Proxy {
                 }));
             }
         });
-        Proxy { addr, up: flag, conns, accept }
+        Proxy {
+            addr,
+            up: flag,
+            conns,
+            accept,
+        }
     }
 
     fn cut(&self) {
@@ -297,11 +327,19 @@ fn check_log(log: &Value, r: &AuditRecord) {
 async fn rows_match_records(audit: &AuditPipeline) {
     let records = vec![
         record(key_inv(1, &["user:1", "user:2"], "admin")),
-        record(pattern_inv(2, "user:*:profile", PatternType::Glob, &["user:1:profile"])),
+        record(pattern_inv(
+            2,
+            "user:*:profile",
+            PatternType::Glob,
+            &["user:1:profile"],
+        )),
         record(key_inv(3, &["quote\"d\\key", "ünïcödé"], "nul\0byte")),
     ];
     send_all(audit, records.clone()).await;
-    wait_until("3 rows", Duration::from_secs(10), async || audit.stats().written == 3).await;
+    wait_until("3 rows", Duration::from_secs(10), async || {
+        audit.stats().written == 3
+    })
+    .await;
     let page = audit.query_logs("").await.expect("query");
     assert_eq!(page["total_count"], 3);
     assert_eq!(page["has_more"], false);
@@ -313,7 +351,11 @@ async fn rows_match_records(audit: &AuditPipeline) {
     assert_eq!(logs[0]["keys"], json!(["quote\"d\\key", "ünïcödé"]));
     assert!(logs[0]["id"].as_i64() > logs[1]["id"].as_i64());
 
-    let found = audit.find_request("req-2").await.expect("find").expect("stored");
+    let found = audit
+        .find_request("req-2")
+        .await
+        .expect("find")
+        .expect("stored");
     assert_eq!(found.body_hash, "hash-2");
     assert_eq!(found.seq, 2);
     assert_eq!(found.published_at_us, BASE_US + 2_000_000);
@@ -329,7 +371,9 @@ async fn rows_match_records(audit: &AuditPipeline) {
 async fn pg_rows_match_records() {
     let db = PgDb::create().await;
     let dir = temp_dir("pg-rows");
-    let audit = AuditPipeline::start(&config(&dir, Some(db.url()))).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, Some(db.url())))
+        .await
+        .expect("start");
     assert!(audit.ready());
     rows_match_records(&audit).await;
     // The raw columns, as an operator reading the table sees them.
@@ -359,7 +403,9 @@ async fn pg_rows_match_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_rows_match_records() {
     let dir = temp_dir("sqlite-rows");
-    let audit = AuditPipeline::start(&config(&dir, None)).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, None))
+        .await
+        .expect("start");
     assert!(audit.ready());
     assert!(dir.join("audit.sqlite3").exists());
     rows_match_records(&audit).await;
@@ -370,13 +416,21 @@ async fn sqlite_rows_match_records() {
 
 async fn filters_and_paging(audit: &AuditPipeline) {
     send_all(audit, workload(1..=300)).await;
-    wait_until("300 rows", Duration::from_secs(10), async || audit.stats().written == 300).await;
+    wait_until("300 rows", Duration::from_secs(10), async || {
+        audit.stats().written == 300
+    })
+    .await;
     let q = async |s: &str| audit.query_logs(s).await.expect("query");
 
     let all = q("limit=1000").await;
     assert_eq!(all["total_count"], 300);
     assert_eq!(all["has_more"], false);
-    let seqs: Vec<i64> = all["logs"].as_array().unwrap().iter().map(|l| l["seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = all["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, (1..=300).rev().collect::<Vec<_>>(), "newest first");
 
     let first = q("").await;
@@ -391,7 +445,13 @@ async fn filters_and_paging(audit: &AuditPipeline) {
     let admin = (1..=300).filter(|s| s % 5 != 0 && s % 3 == 0).count();
     let r = q("triggered_by=admin&limit=1000").await;
     assert_eq!(r["total_count"], admin as i64);
-    assert!(r["logs"].as_array().unwrap().iter().all(|l| l["triggered_by"] == "admin"));
+    assert!(
+        r["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["triggered_by"] == "admin")
+    );
 
     let r = q("request_id=req-42").await;
     assert_eq!(r["total_count"], 1);
@@ -401,7 +461,13 @@ async fn filters_and_paging(audit: &AuditPipeline) {
     let with_key = (1..=300).filter(|s| s % 5 != 0 && s % 10 == 7).count();
     let r = q("key=user%3A7&limit=1000").await;
     assert_eq!(r["total_count"], with_key as i64);
-    assert!(r["logs"].as_array().unwrap().iter().all(|l| l["keys"].as_array().unwrap().contains(&json!("user:7"))));
+    assert!(
+        r["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["keys"].as_array().unwrap().contains(&json!("user:7")))
+    );
     assert_eq!(q("key=user%3A").await["total_count"], 0);
     assert_eq!(q("key=item%3A12").await["total_count"], 1);
 
@@ -419,7 +485,9 @@ async fn filters_and_paging(audit: &AuditPipeline) {
 
     // Combined filters, and keyset paging: before_id does not change total_count.
     let r = q("triggered_by=orders&key=user%3A1").await;
-    let n = (1..=300).filter(|s| s % 5 != 0 && s % 3 == 2 && s % 10 == 1).count();
+    let n = (1..=300)
+        .filter(|s| s % 5 != 0 && s % 3 == 2 && s % 10 == 1)
+        .count();
     assert_eq!(r["total_count"], n as i64);
     let mut seen = Vec::new();
     let mut cursor: Option<i64> = None;
@@ -429,30 +497,49 @@ async fn filters_and_paging(audit: &AuditPipeline) {
             Some(c) => q(&format!("limit=7&triggered_by=deploy&before_id={c}")).await,
         };
         let logs = page["logs"].as_array().unwrap().clone();
-        assert_eq!(page["total_count"], (1..=300).filter(|s| s % 5 != 0 && s % 3 == 1).count() as i64);
+        assert_eq!(
+            page["total_count"],
+            (1..=300).filter(|s| s % 5 != 0 && s % 3 == 1).count() as i64
+        );
         seen.extend(logs.iter().map(|l| l["seq"].as_i64().unwrap()));
         if page["has_more"] == false {
             break;
         }
         cursor = logs.last().and_then(|l| l["id"].as_i64());
     }
-    let expect: Vec<i64> = (1..=300).rev().filter(|s| s % 5 != 0 && s % 3 == 1).collect();
+    let expect: Vec<i64> = (1..=300)
+        .rev()
+        .filter(|s| s % 5 != 0 && s % 3 == 1)
+        .collect();
     assert_eq!(seen, expect);
 
     // Validation.
-    for (query, field) in [("limit=0", "limit"), ("limit=1001", "limit"), ("since=nope", "since"), ("before_id=x", "before_id")] {
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("since=nope", "since"),
+        ("before_id=x", "before_id"),
+    ] {
         let e = audit.query_logs(query).await.expect_err(query);
         assert_eq!(e.body()["error"]["code"], "validation_failed");
         assert_eq!(e.field, Some(field));
     }
-    assert_eq!(q("unknown=1&limit=1").await["logs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        q("unknown=1&limit=1").await["logs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_filters_and_paging() {
     let db = PgDb::create().await;
     let dir = temp_dir("pg-filters");
-    let audit = AuditPipeline::start(&config(&dir, Some(db.url()))).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, Some(db.url())))
+        .await
+        .expect("start");
     filters_and_paging(&audit).await;
     audit.shutdown().await;
     db.drop_db().await;
@@ -461,7 +548,9 @@ async fn pg_filters_and_paging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_filters_and_paging() {
     let dir = temp_dir("sqlite-filters");
-    let audit = AuditPipeline::start(&config(&dir, None)).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, None))
+        .await
+        .expect("start");
     filters_and_paging(&audit).await;
     audit.shutdown().await;
 }
@@ -470,7 +559,10 @@ async fn sqlite_filters_and_paging() {
 
 async fn keyset_while_writing(audit: Arc<AuditPipeline>) {
     send_all(&audit, workload(1..=1000)).await;
-    wait_until("1000 rows", Duration::from_secs(10), async || audit.stats().written == 1000).await;
+    wait_until("1000 rows", Duration::from_secs(10), async || {
+        audit.stats().written == 1000
+    })
+    .await;
     let writer = {
         let audit = audit.clone();
         tokio::spawn(async move {
@@ -482,10 +574,18 @@ async fn keyset_while_writing(audit: Arc<AuditPipeline>) {
     };
     let first = audit.query_logs("limit=25").await.expect("page");
     let top = first["logs"][0]["id"].as_i64().expect("id");
-    let mut ids: Vec<i64> = first["logs"].as_array().unwrap().iter().map(|l| l["id"].as_i64().unwrap()).collect();
+    let mut ids: Vec<i64> = first["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_i64().unwrap())
+        .collect();
     let mut cursor = *ids.last().unwrap();
     loop {
-        let page = audit.query_logs(&format!("limit=25&before_id={cursor}")).await.expect("page");
+        let page = audit
+            .query_logs(&format!("limit=25&before_id={cursor}"))
+            .await
+            .expect("page");
         let logs = page["logs"].as_array().unwrap();
         ids.extend(logs.iter().map(|l| l["id"].as_i64().unwrap()));
         match logs.last() {
@@ -495,13 +595,19 @@ async fn keyset_while_writing(audit: Arc<AuditPipeline>) {
     }
     writer.await.expect("writer");
     // Strictly decreasing (no duplicates) and exactly the rows with id <= top (no gaps).
-    assert!(ids.windows(2).all(|w| w[0] > w[1]), "ids not strictly decreasing");
+    assert!(
+        ids.windows(2).all(|w| w[0] > w[1]),
+        "ids not strictly decreasing"
+    );
     let all = audit.query_logs("limit=1000").await.expect("q");
     assert!(all["total_count"].as_i64().unwrap() >= 1000);
     let mut expected = Vec::new();
     let mut cursor = top + 1;
     loop {
-        let page = audit.query_logs(&format!("limit=1000&before_id={cursor}")).await.expect("page");
+        let page = audit
+            .query_logs(&format!("limit=1000&before_id={cursor}"))
+            .await
+            .expect("page");
         let logs = page["logs"].as_array().unwrap();
         expected.extend(logs.iter().map(|l| l["id"].as_i64().unwrap()));
         match logs.last() {
@@ -510,15 +616,23 @@ async fn keyset_while_writing(audit: Arc<AuditPipeline>) {
         }
     }
     assert_eq!(ids, expected);
-    wait_until("4000 rows", Duration::from_secs(20), async || audit.stats().written == 4000).await;
-    assert_eq!(audit.query_logs("limit=1").await.expect("q")["total_count"], 4000);
+    wait_until("4000 rows", Duration::from_secs(20), async || {
+        audit.stats().written == 4000
+    })
+    .await;
+    assert_eq!(
+        audit.query_logs("limit=1").await.expect("q")["total_count"],
+        4000
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_keyset_pages_while_writing() {
     let db = PgDb::create().await;
     let dir = temp_dir("pg-keyset");
-    let audit = AuditPipeline::start(&config(&dir, Some(db.url()))).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, Some(db.url())))
+        .await
+        .expect("start");
     keyset_while_writing(audit.clone()).await;
     audit.shutdown().await;
     assert_eq!(pg_count(&db).await, 4000);
@@ -528,7 +642,9 @@ async fn pg_keyset_pages_while_writing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_keyset_pages_while_writing() {
     let dir = temp_dir("sqlite-keyset");
-    let audit = AuditPipeline::start(&config(&dir, None)).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, None))
+        .await
+        .expect("start");
     keyset_while_writing(audit.clone()).await;
     audit.shutdown().await;
 }
@@ -539,7 +655,9 @@ async fn sqlite_keyset_pages_while_writing() {
 async fn pg_rejects_update_delete_truncate() {
     let db = PgDb::create().await;
     let dir = temp_dir("pg-immutable");
-    let audit = AuditPipeline::start(&config(&dir, Some(db.url()))).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, Some(db.url())))
+        .await
+        .expect("start");
     send_all(&audit, workload(1..=3)).await;
     audit.shutdown().await;
     let mut c = db.conn().await;
@@ -560,7 +678,9 @@ async fn pg_rejects_update_delete_truncate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_rejects_update_delete() {
     let dir = temp_dir("sqlite-immutable");
-    let audit = AuditPipeline::start(&config(&dir, None)).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, None))
+        .await
+        .expect("start");
     send_all(&audit, workload(1..=3)).await;
     audit.shutdown().await;
     let url = format!("sqlite://{}", dir.join("audit.sqlite3").display());
@@ -574,7 +694,10 @@ async fn sqlite_rejects_update_delete() {
         let err = c.execute(sql).await.expect_err(sql);
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
     }
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM invalidation_audit").fetch_one(&mut c).await.expect("n");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM invalidation_audit")
+        .fetch_one(&mut c)
+        .await
+        .expect("n");
     assert_eq!(n, 3);
 }
 
@@ -585,22 +708,34 @@ async fn pg_outage_mid_run_loses_and_duplicates_nothing() {
     let db = PgDb::create().await;
     let proxy = Proxy::start(true).await;
     let dir = temp_dir("pg-outage");
-    let audit = AuditPipeline::start(&config(&dir, Some(db.url_via(proxy.addr)))).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, Some(db.url_via(proxy.addr))))
+        .await
+        .expect("start");
     assert!(audit.ready());
     send_all(&audit, workload(1..=2000)).await;
     proxy.cut();
     send_all(&audit, workload(2001..=4000)).await;
-    wait_until("not ready", Duration::from_secs(10), async || !audit.ready()).await;
+    wait_until("not ready", Duration::from_secs(10), async || {
+        !audit.ready()
+    })
+    .await;
     send_all(&audit, workload(4001..=5000)).await;
-    wait_until("spooled", Duration::from_secs(10), async || audit.stats().spooled > 0).await;
+    wait_until("spooled", Duration::from_secs(10), async || {
+        audit.stats().spooled > 0
+    })
+    .await;
     let during = audit.stats();
     assert!(during.failed_batches >= 1, "{during:?}");
     proxy.restore();
     send_all(&audit, workload(5001..=6000)).await;
-    wait_until("ready + spool drained", Duration::from_secs(30), async || {
-        let s = audit.stats();
-        audit.ready() && s.spooled == 0 && s.queued == 0
-    })
+    wait_until(
+        "ready + spool drained",
+        Duration::from_secs(30),
+        async || {
+            let s = audit.stats();
+            audit.ready() && s.spooled == 0 && s.queued == 0
+        },
+    )
     .await;
     audit.shutdown().await;
     assert_eq!(pg_request_ids(&db).await, expected_ids(1..=6000));
@@ -614,7 +749,9 @@ async fn pg_outage_mid_run_loses_and_duplicates_nothing() {
     .await
     .expect("order");
     assert_eq!(out_of_order, 0);
-    let spool_files = std::fs::read_dir(dir.join("spool")).expect("spool dir").count();
+    let spool_files = std::fs::read_dir(dir.join("spool"))
+        .expect("spool dir")
+        .count();
     assert_eq!(spool_files, 0, "replayed segments are deleted");
     drop(proxy);
     db.drop_db().await;
@@ -626,13 +763,26 @@ async fn pg_unreachable_at_start_then_appears() {
     let proxy = Proxy::start(false).await;
     let dir = temp_dir("pg-late");
     let started = Instant::now();
-    let audit = AuditPipeline::start(&config(&dir, Some(db.url_via(proxy.addr)))).await.expect("start");
-    assert!(started.elapsed() < Duration::from_secs(5), "start must not hang: {:?}", started.elapsed());
+    let audit = AuditPipeline::start(&config(&dir, Some(db.url_via(proxy.addr))))
+        .await
+        .expect("start");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "start must not hang: {:?}",
+        started.elapsed()
+    );
     assert!(!audit.ready());
     send_all(&audit, workload(1..=500)).await;
-    wait_until("spooled", Duration::from_secs(10), async || audit.stats().spooled == 500).await;
+    wait_until("spooled", Duration::from_secs(10), async || {
+        audit.stats().spooled == 500
+    })
+    .await;
     // Found in the spool while the store is away.
-    let found = audit.find_request("req-7").await.expect("find").expect("in spool");
+    let found = audit
+        .find_request("req-7")
+        .await
+        .expect("find")
+        .expect("in spool");
     assert_eq!(found.seq, 7);
     assert_eq!(audit.max_seq().await.expect("max"), 500);
     assert!(audit.query_logs("").await.is_err(), "no store yet: 503");
@@ -640,7 +790,10 @@ async fn pg_unreachable_at_start_then_appears() {
     let mut c = db.conn().await;
     assert!(c.execute("SELECT 1 FROM invalidation_audit").await.is_err());
     proxy.restore();
-    wait_until("ready + drained", Duration::from_secs(30), async || audit.ready() && audit.stats().spooled == 0).await;
+    wait_until("ready + drained", Duration::from_secs(30), async || {
+        audit.ready() && audit.stats().spooled == 0
+    })
+    .await;
     assert_eq!(audit.query_logs("").await.expect("q")["total_count"], 500);
     audit.shutdown().await;
     assert_eq!(pg_request_ids(&db).await, expected_ids(1..=500));
@@ -656,7 +809,10 @@ async fn pg_spool_replayed_after_restart_exactly_once() {
     let cfg = config(&dir, Some(db.url_via(proxy.addr)));
     let audit = AuditPipeline::start(&cfg).await.expect("start");
     send_all(&audit, workload(1..=300)).await;
-    wait_until("300 written", Duration::from_secs(10), async || audit.stats().written == 300).await;
+    wait_until("300 written", Duration::from_secs(10), async || {
+        audit.stats().written == 300
+    })
+    .await;
     proxy.cut();
     send_all(&audit, workload(301..=1000)).await;
     audit.shutdown().await; // store down: the rest goes to the fsynced spool
@@ -667,13 +823,19 @@ async fn pg_spool_replayed_after_restart_exactly_once() {
     // Also put already-stored rows into the spool: a replay must not duplicate them.
     {
         let mut spool = Spool::open(&dir.join("spool")).expect("spool");
-        let again: Vec<AuditRow> = workload(250..=300).iter().map(AuditRow::from_record).collect();
+        let again: Vec<AuditRow> = workload(250..=300)
+            .iter()
+            .map(AuditRow::from_record)
+            .collect();
         spool.append(&again).expect("append");
     }
     proxy.restore();
     let audit = AuditPipeline::start(&cfg).await.expect("restart");
     assert_eq!(audit.max_seq().await.expect("max"), 1000);
-    wait_until("spool replayed", Duration::from_secs(30), async || audit.stats().spooled == 0).await;
+    wait_until("spool replayed", Duration::from_secs(30), async || {
+        audit.stats().spooled == 0
+    })
+    .await;
     audit.shutdown().await;
     assert_eq!(pg_request_ids(&db).await, expected_ids(1..=1000));
     assert_eq!(pg_count(&db).await, 1000);
@@ -689,20 +851,37 @@ async fn torn_spool_is_replayed_up_to_the_tear() {
         let rows: Vec<AuditRow> = workload(1..=20).iter().map(AuditRow::from_record).collect();
         spool.append(&rows).expect("append");
     }
-    let seg = std::fs::read_dir(dir.join("spool")).expect("dir").next().expect("segment").expect("entry").path();
+    let seg = std::fs::read_dir(dir.join("spool"))
+        .expect("dir")
+        .next()
+        .expect("segment")
+        .expect("entry")
+        .path();
     let len = std::fs::metadata(&seg).expect("meta").len();
-    std::fs::OpenOptions::new().write(true).open(&seg).expect("open").set_len(len - 3).expect("truncate");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .expect("open")
+        .set_len(len - 3)
+        .expect("truncate");
 
-    let audit = AuditPipeline::start(&config(&dir, None)).await.expect("start");
+    let audit = AuditPipeline::start(&config(&dir, None))
+        .await
+        .expect("start");
     assert_eq!(audit.stats().spool_torn_frames, 1);
-    wait_until("replayed", Duration::from_secs(10), async || audit.stats().spooled == 0).await;
+    wait_until("replayed", Duration::from_secs(10), async || {
+        audit.stats().spooled == 0
+    })
+    .await;
     let all = audit.query_logs("limit=100").await.expect("q");
     assert_eq!(all["total_count"], 19);
     assert_eq!(all["logs"][0]["seq"], 19);
     // New records after the torn segment still land.
     send_all(&audit, workload(21..=25)).await;
     audit.shutdown().await;
-    let audit = AuditPipeline::start(&config(&dir, None)).await.expect("restart");
+    let audit = AuditPipeline::start(&config(&dir, None))
+        .await
+        .expect("restart");
     assert_eq!(audit.query_logs("").await.expect("q")["total_count"], 24);
     audit.shutdown().await;
 }
@@ -759,9 +938,14 @@ async fn post_many(addr: SocketAddr, n: usize, tasks: usize) -> Vec<(String, u64
 
 fn sqlite_ids(dir: &Path) -> Vec<(String, i64)> {
     let path = dir.join("audit.sqlite3");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     rt.block_on(async {
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display())).await.expect("open sqlite");
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("open sqlite");
         sqlx::query("SELECT request_id, seq FROM invalidation_audit")
             .fetch_all(&mut c)
             .await
@@ -778,8 +962,14 @@ async fn server_5000_concurrent_then_sigterm_sqlite() {
     let posted = post_many(server.addr, 5000, 50).await;
     assert_eq!(server.sigterm(), 0);
     let dir = server.data_dir().to_path_buf();
-    let rows = tokio::task::spawn_blocking(move || sqlite_ids(&dir)).await.expect("read");
-    assert_eq!(rows.len(), 5000, "exactly one row per accepted invalidation");
+    let rows = tokio::task::spawn_blocking(move || sqlite_ids(&dir))
+        .await
+        .expect("read");
+    assert_eq!(
+        rows.len(),
+        5000,
+        "exactly one row per accepted invalidation"
+    );
     let stored: HashSet<(String, i64)> = rows.into_iter().collect();
     let sent: HashSet<(String, i64)> = posted.into_iter().map(|(r, s)| (r, s as i64)).collect();
     assert_eq!(stored, sent);
@@ -788,7 +978,11 @@ async fn server_5000_concurrent_then_sigterm_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_5000_concurrent_then_sigterm_postgres() {
     let db = PgDb::create().await;
-    let mut server = common::TestServer::builder().arg("--database-url").arg(db.url()).start().await;
+    let mut server = common::TestServer::builder()
+        .arg("--database-url")
+        .arg(db.url())
+        .start()
+        .await;
     let posted = post_many(server.addr, 5000, 50).await;
     assert_eq!(server.sigterm(), 0);
     assert_eq!(pg_count(&db).await, 5000);
@@ -801,7 +995,11 @@ async fn server_5000_concurrent_then_sigterm_postgres() {
 async fn server_rows_match_api_calls_and_filters() {
     let server = common::TestServer::start().await;
     let (st, k) = server
-        .post_json("/invalidate/key", &json!({"keys": ["user:1", "user:2"], "triggered_by": "admin", "request_id": "req-k"}), None)
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["user:1", "user:2"], "triggered_by": "admin", "request_id": "req-k"}),
+            None,
+        )
         .await;
     assert_eq!(st, 200, "{k}");
     let (st, p) = server
@@ -815,7 +1013,11 @@ async fn server_rows_match_api_calls_and_filters() {
     assert_eq!(st, 200, "{p}");
     // A duplicate writes no row.
     let (st, d) = server
-        .post_json("/invalidate/key", &json!({"keys": ["user:1", "user:2"], "triggered_by": "admin", "request_id": "req-k"}), None)
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["user:1", "user:2"], "triggered_by": "admin", "request_id": "req-k"}),
+            None,
+        )
         .await;
     assert_eq!((st, d["duplicate"].clone()), (200, json!(true)));
 
@@ -845,23 +1047,47 @@ async fn server_rows_match_api_calls_and_filters() {
     assert_eq!(pl["pattern_type"], "prefix");
     assert_eq!(pl["keys"], p["matched_keys"]);
     assert_eq!(pl["matched_count"], p["invalidated_count"]);
-    assert!(pl["latency_us"].as_u64().is_some() && pl["node_id"].is_string(), "{pl}");
+    assert!(
+        pl["latency_us"].as_u64().is_some() && pl["node_id"].is_string(),
+        "{pl}"
+    );
 
-    let (_, v) = server.get_json("/audit/logs?triggered_by=cache_manager", None).await;
-    assert_eq!((v["total_count"].clone(), v["logs"][0]["request_id"].clone()), (json!(1), json!("req-p")));
+    let (_, v) = server
+        .get_json("/audit/logs?triggered_by=cache_manager", None)
+        .await;
+    assert_eq!(
+        (v["total_count"].clone(), v["logs"][0]["request_id"].clone()),
+        (json!(1), json!("req-p"))
+    );
     let (_, v) = server.get_json("/audit/logs?key=user%3A2", None).await;
-    assert_eq!((v["total_count"].clone(), v["logs"][0]["request_id"].clone()), (json!(1), json!("req-k")));
-    let (_, v) = server.get_json("/audit/logs?pattern=user%3A1%3A*", None).await;
+    assert_eq!(
+        (v["total_count"].clone(), v["logs"][0]["request_id"].clone()),
+        (json!(1), json!("req-k"))
+    );
+    let (_, v) = server
+        .get_json("/audit/logs?pattern=user%3A1%3A*", None)
+        .await;
     assert_eq!(v["total_count"], 1);
     let (_, v) = server.get_json("/audit/logs?request_id=req-k", None).await;
     assert_eq!(v["total_count"], 1);
     let (_, v) = server.get_json("/audit/logs?limit=1", None).await;
-    assert_eq!((v["logs"].as_array().map(Vec::len), v["has_more"].clone()), (Some(1), json!(true)));
+    assert_eq!(
+        (v["logs"].as_array().map(Vec::len), v["has_more"].clone()),
+        (Some(1), json!(true))
+    );
     let id = v["logs"][0]["id"].as_i64().expect("id");
-    let (_, v) = server.get_json(&format!("/audit/logs?limit=1&before_id={id}"), None).await;
-    assert_eq!((v["logs"][0]["request_id"].clone(), v["has_more"].clone()), (json!("req-k"), json!(false)));
+    let (_, v) = server
+        .get_json(&format!("/audit/logs?limit=1&before_id={id}"), None)
+        .await;
+    assert_eq!(
+        (v["logs"][0]["request_id"].clone(), v["has_more"].clone()),
+        (json!("req-k"), json!(false))
+    );
     let (st, v) = server.get_json("/audit/logs?limit=0", None).await;
-    assert_eq!((st, v["error"]["code"].clone(), v["error"]["field"].clone()), (400, json!("validation_failed"), json!("limit")));
+    assert_eq!(
+        (st, v["error"]["code"].clone(), v["error"]["field"].clone()),
+        (400, json!("validation_failed"), json!("limit"))
+    );
     let (st, v) = server.get_json("/audit/logs?since=garbage", None).await;
     assert_eq!((st, v["error"]["field"].clone()), (400, json!("since")));
 }

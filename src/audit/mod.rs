@@ -115,6 +115,9 @@ pub enum AuditError {
     Spool(#[from] std::io::Error),
 }
 
+/// Bound on one `find_request` store lookup (it sits on the request path).
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// State shared by the front (requests, queries, metrics) and the writer task.
 pub struct Shared {
     /// Set once connected and migrated; never unset (the pool reconnects by itself).
@@ -132,15 +135,17 @@ pub struct Shared {
     spool: Mutex<Spool>,
     write_latency: LatencyHistogram,
     batch_sizes: LatencyHistogram,
-    /// `<data_dir>/audit.seq`: highest seq this node wrote, for `max_seq()` while the store
-    /// is unreachable after a restart.
+    /// `<data_dir>/audit.seq`: highest seq this node wrote or spooled, saved at shutdown, for
+    /// `max_seq()` after a restart while the store is unreachable (after a crash the
+    /// caller's own seq high-water mark covers the gap).
     high_water_path: PathBuf,
 }
 
 impl Shared {
     fn sync_spool_stats(&self, spool: &Spool) {
         self.spooled.store(spool.records(), Ordering::Relaxed);
-        self.spool_max_seq.fetch_max(spool.max_seq(), Ordering::Relaxed);
+        self.spool_max_seq
+            .fetch_max(spool.max_seq(), Ordering::Relaxed);
     }
 
     fn local_max_seq(&self) -> i64 {
@@ -166,7 +171,10 @@ impl Shared {
 }
 
 fn read_high_water(path: &std::path::Path) -> i64 {
-    std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The front of the pipeline: requests reserve a slot, then send their record.
@@ -198,7 +206,15 @@ impl AuditPipeline {
     pub async fn start(config: &Config) -> Result<Arc<AuditPipeline>, AuditError> {
         let spool = Spool::open(&config.data_dir.join("spool"))?;
         let target = StoreTarget::from_config(config);
-        let store = match Store::connect(&target, writer::CONNECT_TIMEOUT).await {
+        // One bounded attempt; the writer keeps trying in the background.
+        let attempt = tokio::time::timeout(
+            writer::CONNECT_TIMEOUT,
+            Store::connect(&target, writer::CONNECT_TIMEOUT),
+        );
+        let store = match attempt
+            .await
+            .unwrap_or_else(|_| Err(AuditError::Store("connect timed out".into())))
+        {
             Ok(store) => Some(Arc::new(store)),
             Err(e) => {
                 tracing::warn!(error = %e, "audit store unreachable at start-up; spooling until it is back");
@@ -251,7 +267,9 @@ impl AuditPipeline {
         match tokio::time::timeout(self.wait, self.tx.reserve()).await {
             Ok(Ok(permit)) => Ok(AuditPermit { permit }),
             Ok(Err(_)) => Err(ApiError::unavailable("audit pipeline is shut down")),
-            Err(_) => Err(ApiError::unavailable("audit pipeline is full; retry shortly")),
+            Err(_) => Err(ApiError::unavailable(
+                "audit pipeline is full; retry shortly",
+            )),
         }
     }
 
@@ -259,18 +277,27 @@ impl AuditPipeline {
         self.shared.store.load_full()
     }
 
-    /// Durable idempotency lookup: the store, then the spool (records waiting for the store).
+    /// Durable idempotency lookup: the spool (records waiting for the store), then the store.
     /// Records still in the channel are not visible here (the caller's memory has them).
-    pub async fn find_request(&self, request_id: &str) -> Result<Option<StoredRequest>, AuditError> {
+    ///
+    /// While the store is unreachable (`ready()` false) only the spool is consulted and a miss
+    /// is `Ok(None)`: SPEC keeps accepting invalidations during an outage, so an id older than
+    /// the caller's memory cannot be checked then (if it was stored before, the replay keeps
+    /// the original row: `ON CONFLICT DO NOTHING`). A store that is up but fails or takes
+    /// over [`LOOKUP_TIMEOUT`] is an error.
+    pub async fn find_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, AuditError> {
         if self.shared.spooled.load(Ordering::Relaxed) > 0 {
             if let Some(row) = self.shared.spool.lock().find(request_id)? {
                 return Ok(Some(row.to_stored()));
             }
         }
-        match self.store() {
-            Some(store) => store.find_request(request_id).await,
-            None => Ok(None),
-        }
+        let Some(store) = self.store().filter(|_| self.ready()) else { return Ok(None) };
+        tokio::time::timeout(LOOKUP_TIMEOUT, store.find_request(request_id))
+            .await
+            .unwrap_or_else(|_| Err(AuditError::Store("request_id lookup timed out".into())))
     }
 
     /// Highest `seq` seen: the store's `max(seq)`, the spool's, and this node's high-water
@@ -280,7 +307,9 @@ impl AuditPipeline {
         if let Some(store) = self.store() {
             match tokio::time::timeout(writer::CONNECT_TIMEOUT, store.max_seq()).await {
                 Ok(Ok(seq)) => max = max.max(seq),
-                Ok(Err(e)) => tracing::warn!(error = %e, "max_seq: store unreachable, using local high-water"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "max_seq: store unreachable, using local high-water")
+                }
                 Err(_) => tracing::warn!("max_seq: store timed out, using local high-water"),
             }
         }

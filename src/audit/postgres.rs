@@ -15,6 +15,14 @@
 //! i16 -1. `timestamptz` is i64 µs since 2000-01-01 UTC; `jsonb` is version byte 1 + JSON.
 //!
 //! Queries bind every value (`$n`); the SQL text is assembled only from constant fragments.
+//! A page is `WHERE <filters> [AND id < before_id] ORDER BY id DESC LIMIT limit+1 OFFSET n`
+//! (the extra row only sets `has_more`). `total_count` is exact: unfiltered it reads the
+//! counter row maintained by the insert trigger (O(1)); filtered it is `count(*)` under the
+//! same filters, served by that filter's index (cost grows with the number of matching rows;
+//! see `benches/audit.rs`). Page and count run concurrently on two pooled connections.
+//! Keyset pages never repeat or skip a row on one node, whose single writer commits ids in
+//! order; with several nodes writing, a row whose id was drawn before a concurrent commit may
+//! appear behind a cursor that already passed it.
 
 use std::time::Duration;
 
@@ -22,9 +30,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::AuditError;
+use super::StoredRequest;
 use super::query::{LogEntry, LogQuery};
 use super::record::AuditRow;
-use super::StoredRequest;
 
 /// Microseconds between 1970-01-01 and 2000-01-01 (PostgreSQL's epoch).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
@@ -62,13 +70,16 @@ impl PgStore {
     pub async fn connect(url: &str, connect_timeout: Duration) -> Result<PgStore, AuditError> {
         let options: PgConnectOptions = url.parse().map_err(store_err)?;
         let pool = PgPoolOptions::new()
-            .max_connections(6)
+            .max_connections(10)
             .min_connections(0)
             .acquire_timeout(connect_timeout)
             .connect_with(options)
             .await
             .map_err(store_err)?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(store_err)?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(store_err)?;
         Ok(PgStore { pool })
     }
 
@@ -77,7 +88,11 @@ impl PgStore {
     }
 
     pub async fn ping(&self) -> Result<(), AuditError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(store_err)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(store_err)
     }
 
     /// Write one batch, exactly once per `request_id` (see the module doc).
@@ -139,7 +154,10 @@ impl PgStore {
             .map_err(store_err)
     }
 
-    pub async fn find_request(&self, request_id: &str) -> Result<Option<StoredRequest>, AuditError> {
+    pub async fn find_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, AuditError> {
         let row = sqlx::query(
             "SELECT request_id, body_hash, seq, \
                     (EXTRACT(EPOCH FROM \"timestamp\") * 1000000)::int8 AS ts_us, \
@@ -168,7 +186,11 @@ impl PgStore {
         );
         let mut n = 0;
         push_filters(&mut sql, &mut n, q, true);
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${} OFFSET ${}", n + 1, n + 2));
+        sql.push_str(&format!(
+            " ORDER BY id DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        ));
         let query = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, true)
             .bind(i64::from(q.limit) + 1)
             .bind(q.offset);
@@ -213,10 +235,16 @@ fn push_filters(sql: &mut String, n: &mut usize, q: &LogQuery, with_cursor: bool
         add(sql, " AND pattern = $?");
     }
     if q.since_us.is_some() {
-        add(sql, " AND \"timestamp\" >= 'epoch'::timestamptz + $? * interval '1 microsecond'");
+        add(
+            sql,
+            " AND \"timestamp\" >= 'epoch'::timestamptz + $? * interval '1 microsecond'",
+        );
     }
     if q.until_us.is_some() {
-        add(sql, " AND \"timestamp\" < 'epoch'::timestamptz + $? * interval '1 microsecond'");
+        add(
+            sql,
+            " AND \"timestamp\" < 'epoch'::timestamptz + $? * interval '1 microsecond'",
+        );
     }
     if with_cursor && q.before_id.is_some() {
         add(sql, " AND id < $?");
@@ -271,14 +299,24 @@ fn stored_from_row(r: &PgRow) -> Result<StoredRequest, AuditError> {
     let pattern_type: Option<String> = r.try_get("pattern_type").map_err(store_err)?;
     Ok(StoredRequest {
         request_id: r.try_get("request_id").map_err(store_err)?,
-        body_hash: r.try_get::<Option<String>, _>("body_hash").map_err(store_err)?.unwrap_or_default(),
+        body_hash: r
+            .try_get::<Option<String>, _>("body_hash")
+            .map_err(store_err)?
+            .unwrap_or_default(),
         seq: u64::try_from(r.try_get::<i64, _>("seq").map_err(store_err)?).unwrap_or(0),
         published_at_us: r.try_get("ts_us").map_err(store_err)?,
         pattern: r.try_get("pattern").map_err(store_err)?,
-        pattern_type: pattern_type.as_deref().and_then(crate::pattern::PatternType::parse),
-        keys: keys.as_deref().and_then(|k| serde_json::from_str(k).ok()).unwrap_or_default(),
+        pattern_type: pattern_type
+            .as_deref()
+            .and_then(crate::pattern::PatternType::parse),
+        keys: keys
+            .as_deref()
+            .and_then(|k| serde_json::from_str(k).ok())
+            .unwrap_or_default(),
         matched_count: u64::try_from(
-            r.try_get::<Option<i64>, _>("matched_count").map_err(store_err)?.unwrap_or(0),
+            r.try_get::<Option<i64>, _>("matched_count")
+                .map_err(store_err)?
+                .unwrap_or(0),
         )
         .unwrap_or(0),
     })

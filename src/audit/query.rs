@@ -43,19 +43,30 @@ impl LogQuery {
 
     /// Parse a raw query string (without the `?`).
     pub fn parse(raw: &str) -> Result<LogQuery, ApiError> {
-        let mut q = LogQuery { limit: DEFAULT_LIMIT, ..LogQuery::default() };
+        let mut q = LogQuery {
+            limit: DEFAULT_LIMIT,
+            ..LogQuery::default()
+        };
         let mut seen: Vec<&'static str> = Vec::new();
         for pair in raw.split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let Ok(name) = percent_decode(name) else { continue };
+            let Ok(name) = percent_decode(name) else {
+                continue;
+            };
             let Some(field) = known(&name) else { continue };
             if seen.contains(&field) {
-                return Err(ApiError::validation(field, format!("`{field}` is given more than once")));
+                return Err(ApiError::validation(
+                    field,
+                    format!("`{field}` is given more than once"),
+                ));
             }
             seen.push(field);
             let value = percent_decode(value).map_err(|m| ApiError::validation(field, m))?;
             if value.is_empty() {
-                return Err(ApiError::validation(field, format!("`{field}` must not be empty")));
+                return Err(ApiError::validation(
+                    field,
+                    format!("`{field}` must not be empty"),
+                ));
             }
             q.set(field, value)?;
         }
@@ -70,13 +81,20 @@ impl LogQuery {
                     .ok()
                     .filter(|l| (1..=MAX_LIMIT).contains(l))
                     .ok_or_else(|| {
-                        ApiError::validation(field, format!("`limit` must be an integer in 1..={MAX_LIMIT}"))
+                        ApiError::validation(
+                            field,
+                            format!("`limit` must be an integer in 1..={MAX_LIMIT}"),
+                        )
                     })?;
             }
             "offset" => {
-                self.offset = value.parse::<i64>().ok().filter(|o| *o >= 0).ok_or_else(|| {
-                    ApiError::validation(field, "`offset` must be a non-negative integer")
-                })?;
+                self.offset = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|o| *o >= 0)
+                    .ok_or_else(|| {
+                        ApiError::validation(field, "`offset` must be a non-negative integer")
+                    })?;
             }
             "before_id" => {
                 self.before_id = Some(value.parse::<i64>().ok().filter(|o| *o > 0).ok_or_else(
@@ -87,7 +105,9 @@ impl LogQuery {
                 let us = crate::time::parse_rfc3339_us(&value).ok_or_else(|| {
                     ApiError::validation(
                         field,
-                        format!("`{field}` must be an RFC 3339 timestamp, e.g. 2025-01-15T10:30:00Z"),
+                        format!(
+                            "`{field}` must be an RFC 3339 timestamp, e.g. 2025-01-15T10:30:00Z"
+                        ),
                     )
                 })?;
                 if field == "since" {
@@ -132,7 +152,9 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
                 let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
                 match byte {
                     Some(b) => out.push(b),
@@ -238,8 +260,14 @@ mod tests {
         assert_eq!(q.request_id.as_deref(), Some("r-1"));
         assert_eq!(q.key.as_deref(), Some("user:1"));
         assert_eq!(q.pattern.as_deref(), Some("user:*"));
-        assert_eq!(q.since_us, crate::time::parse_rfc3339_us("2025-01-15T10:30:00Z"));
-        assert_eq!(q.until_us, crate::time::parse_rfc3339_us("2025-01-15T10:30:00.5Z"));
+        assert_eq!(
+            q.since_us,
+            crate::time::parse_rfc3339_us("2025-01-15T10:30:00Z")
+        );
+        assert_eq!(
+            q.until_us,
+            crate::time::parse_rfc3339_us("2025-01-15T10:30:00.5Z")
+        );
         assert_eq!(q.before_id, Some(99));
         assert!(!q.unfiltered());
     }

@@ -57,7 +57,11 @@ pub struct AuditRow {
 
 /// Replace NUL (see the module invariant). Borrow-free in the common case.
 fn clean(s: &str) -> String {
-    if s.contains('\0') { s.replace('\0', "\u{FFFD}") } else { s.to_owned() }
+    if s.contains('\0') {
+        s.replace('\0', "\u{FFFD}")
+    } else {
+        s.to_owned()
+    }
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -70,9 +74,11 @@ impl AuditRow {
         let inv = &record.inv;
         let (kind, pattern, pattern_type) = match &inv.target {
             Target::Keys(_) => (Kind::Keys, None, None),
-            Target::Pattern { pattern, .. } => {
-                (Kind::Pattern, Some(clean(pattern.source())), Some(pattern.kind()))
-            }
+            Target::Pattern { pattern, .. } => (
+                Kind::Pattern,
+                Some(clean(pattern.source())),
+                Some(pattern.kind()),
+            ),
         };
         AuditRow {
             seq: to_i64(inv.seq),

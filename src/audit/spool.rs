@@ -42,7 +42,11 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
             k += 1;
         }
         table[i] = c;
@@ -87,7 +91,11 @@ pub fn decode_frames(data: &[u8]) -> SegmentRead {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         let start = pos + FRAME_HEADER;
-        let payload = if len <= MAX_FRAME { data.get(start..start + len) } else { None };
+        let payload = if len <= MAX_FRAME {
+            data.get(start..start + len)
+        } else {
+            None
+        };
         let row = payload
             .filter(|p| crc32(p) == crc)
             .and_then(|p| serde_json::from_slice::<AuditRow>(p).ok());
@@ -109,7 +117,10 @@ fn segment_path(dir: &Path, id: u64) -> PathBuf {
 
 fn segment_id(path: &Path) -> Option<u64> {
     let name = path.file_name()?.to_str()?;
-    name.strip_prefix("seg-")?.strip_suffix(".spool")?.parse().ok()
+    name.strip_prefix("seg-")?
+        .strip_suffix(".spool")?
+        .parse()
+        .ok()
 }
 
 /// The segment being appended to.
@@ -156,7 +167,11 @@ impl Spool {
             let read = decode_frames(&fs::read(segment_path(dir, id))?);
             if read.torn {
                 spool.torn_frames += 1;
-                tracing::warn!(segment = id, intact = read.rows.len(), "spool segment has a torn tail");
+                tracing::warn!(
+                    segment = id,
+                    intact = read.rows.len(),
+                    "spool segment has a torn tail"
+                );
             }
             for (offset, row) in &read.rows {
                 spool.note(id, *offset, row);
@@ -208,7 +223,10 @@ impl Spool {
         let current = self.current_segment()?;
         let base = current.bytes;
         let id = current.id;
-        let result = current.file.write_all(&buf).and_then(|()| current.file.sync_data());
+        let result = current
+            .file
+            .write_all(&buf)
+            .and_then(|()| current.file.sync_data());
         if let Err(e) = result {
             self.current = None;
             return Err(e);
@@ -228,7 +246,10 @@ impl Spool {
         if self.current.is_none() {
             let id = self.next_id;
             let path = segment_path(&self.dir, id);
-            let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+            let file = OpenOptions::new()
+                .create_new(true)
+                .append(true)
+                .open(&path)?;
             // Make the new directory entry durable too.
             if let Ok(d) = File::open(&self.dir) {
                 let _ = d.sync_all();
@@ -246,7 +267,9 @@ impl Spool {
     /// The oldest segment to replay, closing the current one if it is the only one left (new
     /// appends then start a new segment). Returns its id and intact rows.
     pub fn oldest_for_replay(&mut self) -> io::Result<Option<(u64, Vec<AuditRow>)>> {
-        let Some((&id, _)) = self.segments.iter().next() else { return Ok(None) };
+        let Some((&id, _)) = self.segments.iter().next() else {
+            return Ok(None);
+        };
         if self.current.as_ref().is_some_and(|c| c.id == id) {
             self.current = None;
         }
@@ -260,7 +283,11 @@ impl Spool {
             self.current = None;
         }
         for row in rows {
-            if self.index.get(&row.request_id).is_some_and(|(seg, _)| *seg == id) {
+            if self
+                .index
+                .get(&row.request_id)
+                .is_some_and(|(seg, _)| *seg == id)
+            {
                 self.index.remove(&row.request_id);
             }
         }
@@ -274,7 +301,9 @@ impl Spool {
 
     /// The spooled row with this request id, read back from its segment.
     pub fn find(&self, request_id: &str) -> io::Result<Option<AuditRow>> {
-        let Some(&(id, offset)) = self.index.get(request_id) else { return Ok(None) };
+        let Some(&(id, offset)) = self.index.get(request_id) else {
+            return Ok(None);
+        };
         let mut file = File::open(segment_path(&self.dir, id))?;
         file.seek(SeekFrom::Start(offset))?;
         let mut header = [0u8; FRAME_HEADER];
@@ -356,7 +385,12 @@ mod tests {
         drop(s);
         let path = segment_path(&dir, 1);
         let len = fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 5).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 5)
+            .unwrap();
         let mut s = Spool::open(&dir).unwrap();
         assert_eq!((s.records(), s.torn_frames()), (2, 1));
         let (_, rows) = s.oldest_for_replay().unwrap().unwrap();

@@ -56,7 +56,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(store_err)?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await.map_err(store_err)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(store_err)?;
         Ok(SqliteStore { pool })
     }
 
@@ -65,7 +68,11 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> Result<(), AuditError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ()).map_err(store_err)
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(store_err)
     }
 
     /// Write one batch in one transaction, idempotently.
@@ -110,7 +117,10 @@ impl SqliteStore {
             .map_err(store_err)
     }
 
-    pub async fn find_request(&self, request_id: &str) -> Result<Option<StoredRequest>, AuditError> {
+    pub async fn find_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, AuditError> {
         let row = sqlx::query(
             "SELECT request_id, body_hash, seq, \"timestamp\" AS ts_us, pattern, pattern_type, \
                     keys, matched_count \
@@ -137,7 +147,10 @@ impl SqliteStore {
             .fetch_all(&self.pool);
         let (rows, total) = tokio::join!(page, self.count(q));
         let rows = rows.map_err(store_err)?;
-        let entries = rows.iter().map(entry_from_row).collect::<Result<Vec<_>, _>>()?;
+        let entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok((entries, total?))
     }
 
@@ -183,8 +196,15 @@ fn push_filters(sql: &mut String, q: &LogQuery, with_cursor: bool) {
     }
 }
 
-fn bind_filters<'a>(mut query: SqliteQuery<'a>, q: &LogQuery, with_cursor: bool) -> SqliteQuery<'a> {
-    for v in [&q.triggered_by, &q.request_id, &q.key, &q.pattern].into_iter().flatten() {
+fn bind_filters<'a>(
+    mut query: SqliteQuery<'a>,
+    q: &LogQuery,
+    with_cursor: bool,
+) -> SqliteQuery<'a> {
+    for v in [&q.triggered_by, &q.request_id, &q.key, &q.pattern]
+        .into_iter()
+        .flatten()
+    {
         query = query.bind(v.clone());
     }
     for v in [q.since_us, q.until_us].into_iter().flatten() {
@@ -219,14 +239,24 @@ fn stored_from_row(r: &SqliteRow) -> Result<StoredRequest, AuditError> {
     let pattern_type: Option<String> = r.try_get("pattern_type").map_err(store_err)?;
     Ok(StoredRequest {
         request_id: r.try_get("request_id").map_err(store_err)?,
-        body_hash: r.try_get::<Option<String>, _>("body_hash").map_err(store_err)?.unwrap_or_default(),
+        body_hash: r
+            .try_get::<Option<String>, _>("body_hash")
+            .map_err(store_err)?
+            .unwrap_or_default(),
         seq: u64::try_from(r.try_get::<i64, _>("seq").map_err(store_err)?).unwrap_or(0),
         published_at_us: r.try_get("ts_us").map_err(store_err)?,
         pattern: r.try_get("pattern").map_err(store_err)?,
-        pattern_type: pattern_type.as_deref().and_then(crate::pattern::PatternType::parse),
-        keys: keys.as_deref().and_then(|k| serde_json::from_str(k).ok()).unwrap_or_default(),
+        pattern_type: pattern_type
+            .as_deref()
+            .and_then(crate::pattern::PatternType::parse),
+        keys: keys
+            .as_deref()
+            .and_then(|k| serde_json::from_str(k).ok())
+            .unwrap_or_default(),
         matched_count: u64::try_from(
-            r.try_get::<Option<i64>, _>("matched_count").map_err(store_err)?.unwrap_or(0),
+            r.try_get::<Option<i64>, _>("matched_count")
+                .map_err(store_err)?
+                .unwrap_or(0),
         )
         .unwrap_or(0),
     })

@@ -35,10 +35,15 @@ pub enum Store {
 
 impl Store {
     /// Connect and migrate; `timeout` bounds the connection attempt.
-    pub async fn connect(target: &StoreTarget, timeout: std::time::Duration) -> Result<Store, AuditError> {
+    pub async fn connect(
+        target: &StoreTarget,
+        timeout: std::time::Duration,
+    ) -> Result<Store, AuditError> {
         let attempt = async {
             match target {
-                StoreTarget::Postgres(url) => PgStore::connect(url, timeout).await.map(Store::Postgres),
+                StoreTarget::Postgres(url) => {
+                    PgStore::connect(url, timeout).await.map(Store::Postgres)
+                }
                 StoreTarget::Sqlite(path) => SqliteStore::open(path).await.map(Store::Sqlite),
             }
         };
@@ -69,7 +74,10 @@ impl Store {
         }
     }
 
-    pub async fn find_request(&self, request_id: &str) -> Result<Option<StoredRequest>, AuditError> {
+    pub async fn find_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, AuditError> {
         match self {
             Store::Postgres(s) => s.find_request(request_id).await,
             Store::Sqlite(s) => s.find_request(request_id).await,

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use super::postgres::WriteMode;
 use super::record::AuditRow;
@@ -33,7 +35,7 @@ use crate::config::AuditConfig;
 
 /// Bound on one store write; past it the outcome is unknown and the rows go to the spool (a
 /// later replay is idempotent).
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on a background connection attempt.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Spool replay per tick, so the channel keeps draining during a long catch-up.
@@ -52,6 +54,8 @@ pub struct Writer {
     backoff: Duration,
     next_attempt: Instant,
     stuck: Vec<AuditRow>,
+    /// A running connect (`Some(store)`) or ping (`None`) attempt.
+    probe: Option<JoinHandle<Result<Option<Store>, super::AuditError>>>,
 }
 
 impl Writer {
@@ -79,6 +83,7 @@ impl Writer {
             backoff,
             next_attempt: Instant::now(),
             stuck: Vec::new(),
+            probe: None,
         }
     }
 
@@ -129,6 +134,11 @@ impl Writer {
                 }
             }
         }
+        // Out of time: whatever is still buffered goes to the spool below (store writes are
+        // skipped once unhealthy), never dropped.
+        while let Ok(record) = self.rx.try_recv() {
+            buf.push(record);
+        }
         self.flush(&mut buf).await;
         while !self.stuck.is_empty() && Instant::now() < deadline {
             self.deliver(Vec::new()).await;
@@ -136,14 +146,20 @@ impl Writer {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        while self.healthy && self.shared.spooled.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        while self.healthy
+            && self.shared.spooled.load(Ordering::Relaxed) > 0
+            && Instant::now() < deadline
+        {
             if !self.replay_some(deadline).await {
                 break;
             }
         }
         self.shared.save_high_water();
         if !self.stuck.is_empty() {
-            tracing::error!(records = self.stuck.len(), "audit records lost at shutdown: store and spool both failed");
+            tracing::error!(
+                records = self.stuck.len(),
+                "audit records lost at shutdown: store and spool both failed"
+            );
         }
         let _ = self.done.send(true);
     }
@@ -207,13 +223,23 @@ impl Writer {
         }
     }
 
+    /// A store write failed: count it, go unhealthy, back off.
     fn fail(&mut self, why: &str) {
-        tracing::warn!(retry_in_ms = self.backoff.as_millis() as u64, "{why}; spilling to the spool");
+        tracing::warn!(
+            retry_in_ms = self.backoff.as_millis() as u64,
+            "{why}; spilling to the spool"
+        );
         self.shared.failed_batches.fetch_add(1, Ordering::Relaxed);
+        self.retry_later();
+    }
+
+    /// Unhealthy until a probe succeeds; the next probe waits out the backoff, which doubles.
+    fn retry_later(&mut self) {
         self.healthy = false;
         self.shared.ready.store(false, Ordering::Relaxed);
         self.next_attempt = Instant::now() + self.backoff;
-        let max = Duration::from_millis(self.cfg.retry_max_ms.max(self.cfg.retry_initial_ms).max(1));
+        let max =
+            Duration::from_millis(self.cfg.retry_max_ms.max(self.cfg.retry_initial_ms).max(1));
         self.backoff = (self.backoff * 2).min(max);
     }
 
@@ -239,60 +265,79 @@ impl Writer {
 
     /// Per tick: connect, retry stuck rows, check health, replay the spool.
     async fn maintain(&mut self) {
-        let now = Instant::now();
-        if self.shared.store.load().is_none() {
-            if now < self.next_attempt {
-                return;
-            }
-            match Store::connect(&self.target, CONNECT_TIMEOUT).await {
-                Ok(store) => {
-                    tracing::info!("audit store connected and migrated");
-                    self.shared.store.store(Some(Arc::new(store)));
-                    self.healthy = true;
-                    self.shared.ready.store(true, Ordering::Relaxed);
-                    self.backoff = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "audit store still unreachable");
-                    self.fail("audit store unreachable");
-                    return;
-                }
-            }
+        if !self.probe_done() {
+            return;
         }
         if !self.stuck.is_empty() {
             self.deliver(Vec::new()).await;
         }
-        if !self.healthy {
-            if Instant::now() < self.next_attempt {
-                return;
-            }
-            let Some(store) = self.shared.store.load_full() else { return };
-            match tokio::time::timeout(CONNECT_TIMEOUT, store.ping()).await {
-                Ok(Ok(())) => {
-                    tracing::info!("audit store reachable again");
-                    self.healthy = true;
-                    self.shared.ready.store(true, Ordering::Relaxed);
-                    self.backoff = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
-                }
-                _ => {
-                    self.fail("audit store still unreachable");
-                    return;
-                }
-            }
-        }
-        if self.shared.spooled.load(Ordering::Relaxed) > 0 {
+        if self.healthy && self.shared.spooled.load(Ordering::Relaxed) > 0 {
             self.replay_some(Instant::now() + REPLAY_SLICE).await;
         }
+    }
+
+    /// Connection attempts and health pings run as their own task, so a black-holed server
+    /// (connect and ping wait out their timeouts) never stalls draining the channel into the
+    /// spool. True when the store is connected and healthy.
+    fn probe_done(&mut self) -> bool {
+        if self.healthy && self.shared.store.load().is_some() {
+            return true;
+        }
+        if let Some(probe) = self.probe.take_if(|p| p.is_finished()) {
+            match probe.now_or_never() {
+                Some(Ok(Ok(Some(store)))) => {
+                    tracing::info!("audit store connected and migrated");
+                    self.shared.store.store(Some(Arc::new(store)));
+                    self.recovered();
+                    return true;
+                }
+                Some(Ok(Ok(None))) => {
+                    tracing::info!("audit store reachable again");
+                    self.recovered();
+                    return true;
+                }
+                Some(Ok(Err(e))) => {
+                    tracing::debug!(error = %e, "audit store still unreachable");
+                    self.retry_later();
+                }
+                _ => self.retry_later(),
+            }
+        }
+        if self.probe.is_none() && Instant::now() >= self.next_attempt {
+            let store = self.shared.store.load_full();
+            let target = self.target.clone();
+            self.probe = Some(tokio::spawn(async move {
+                match store {
+                    None => Store::connect(&target, CONNECT_TIMEOUT).await.map(Some),
+                    Some(store) => {
+                        match tokio::time::timeout(CONNECT_TIMEOUT, store.ping()).await {
+                            Ok(r) => r.map(|()| None),
+                            Err(_) => Err(super::AuditError::Store("ping timed out".into())),
+                        }
+                    }
+                }
+            }));
+        }
+        false
+    }
+
+    fn recovered(&mut self) {
+        self.healthy = true;
+        self.shared.ready.store(true, Ordering::Relaxed);
+        self.backoff = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
     }
 
     /// Replay whole segments, oldest first, until `until` or the spool is empty. False when
     /// the store failed.
     async fn replay_some(&mut self, until: Instant) -> bool {
-        let Some(store) = self.shared.store.load_full() else { return false };
+        let Some(store) = self.shared.store.load_full() else {
+            return false;
+        };
         let batch = self.cfg.batch_size.max(1);
         while Instant::now() < until {
             let shared = self.shared.clone();
-            let next = tokio::task::spawn_blocking(move || shared.spool.lock().oldest_for_replay()).await;
+            let next =
+                tokio::task::spawn_blocking(move || shared.spool.lock().oldest_for_replay()).await;
             let (id, rows) = match next {
                 Ok(Ok(Some(seg))) => seg,
                 Ok(Ok(None)) => return true,
@@ -307,7 +352,9 @@ impl Writer {
                     return false;
                 }
             }
-            self.shared.replayed.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            self.shared
+                .replayed
+                .fetch_add(rows.len() as u64, Ordering::Relaxed);
             let shared = self.shared.clone();
             let confirmed = tokio::task::spawn_blocking(move || {
                 let mut spool = shared.spool.lock();

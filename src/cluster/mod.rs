@@ -11,6 +11,12 @@
 //! `epoch` is derived from the stream's creation time: stable across node and NATS restarts
 //! while the stream keeps its history, different when the stream is recreated.
 //!
+//! Auditing: the node that accepted an invalidation writes its record when its own consumer
+//! delivers it (it knows the `seq` then), before handing it to its hub. So every event in the
+//! stream is audited, exactly once (the store's unique `request_id`), by its accepting node,
+//! even one whose publish ack was lost and whose HTTP request got 503; and a node that
+//! restarts re-offers the records of its recent events, which the store ignores if present.
+//!
 //! Failure model: NATS unreachable → `ready()` is false and `publish` fails fast with 503
 //! (never a silent local-only push); the client reconnects on its own and the consumer task
 //! re-creates its consumer from the last sequence it delivered.
@@ -24,6 +30,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 
+use crate::audit::{AuditPipeline, AuditRecord};
 use crate::error::ApiError;
 use crate::event::Invalidation;
 use crate::fanout::Hub;
@@ -40,6 +47,10 @@ pub const STREAM: &str = "CACHE_INVALIDATE";
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// JetStream stream name.
+    pub stream: String,
+    /// Subject the stream captures.
+    pub subject: String,
     /// Oldest event kept in the stream (seconds): the resume horizon.
     pub max_age_secs: u64,
     /// Most events kept in the stream.
@@ -53,6 +64,8 @@ pub struct ClusterConfig {
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
+            stream: STREAM.into(),
+            subject: SUBJECT.into(),
             max_age_secs: 24 * 3600,
             max_messages: 10_000_000,
             duplicate_window_secs: 120,
@@ -65,11 +78,11 @@ impl Default for ClusterConfig {
 pub enum ClusterError {
     #[error("cannot connect to NATS at {url}: {message}")]
     Connect { url: String, message: String },
-    #[error("JetStream stream {STREAM}: {0}")]
+    #[error("JetStream stream: {0}")]
     Stream(String),
     #[error(
-        "JetStream stream {STREAM} exists with a conflicting configuration: {0}; \
-         delete it (`nats stream rm {STREAM}`) or align the [cluster] settings"
+        "JetStream stream exists with a conflicting configuration: {0}; \
+         delete it (`nats stream rm NAME`) or align the [cluster] settings"
     )]
     Conflict(String),
 }
@@ -78,6 +91,8 @@ pub enum ClusterError {
 pub struct Cluster {
     client: async_nats::Client,
     js: jetstream::Context,
+    stream: String,
+    subject: String,
     epoch: String,
     /// Stream sequence at start-up.
     last_seq_at_start: u64,
@@ -98,8 +113,8 @@ impl Cluster {
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(cfg.publish_timeout_ms));
         let wanted = stream::Config {
-            name: STREAM.into(),
-            subjects: vec![SUBJECT.into()],
+            name: cfg.stream.clone(),
+            subjects: vec![cfg.subject.clone()],
             max_age: Duration::from_secs(cfg.max_age_secs),
             max_messages: cfg.max_messages,
             duplicate_window: Duration::from_secs(cfg.duplicate_window_secs),
@@ -116,6 +131,8 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             client,
             js,
+            stream: cfg.stream.clone(),
+            subject: cfg.subject.clone(),
             epoch,
             last_seq_at_start: info.state.last_sequence,
             first_seq_at_start: info.state.first_sequence,
@@ -151,7 +168,7 @@ impl Cluster {
             tracing::warn!(request_id = %event.request_id, error = %e, "JetStream publish failed");
             ApiError::unavailable("NATS did not acknowledge the invalidation; it was not accepted")
         };
-        let ack = self.js.send_publish(SUBJECT, msg).await.map_err(|e| unavailable(&e))?;
+        let ack = self.js.send_publish(self.subject.clone(), msg).await.map_err(|e| unavailable(&e))?;
         let ack = ack.await.map_err(|e| unavailable(&e))?;
         Ok((ack.sequence, ack.duplicate))
     }
@@ -160,7 +177,7 @@ impl Cluster {
     pub async fn fetch(&self, seq: u64) -> Result<WireEvent, ApiError> {
         let s = self
             .js
-            .get_stream_no_info(STREAM)
+            .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| ApiError::unavailable(format!("JetStream: {e}")))?;
         let m = s.get_raw_message(seq).await.map_err(|e| ApiError::unavailable(format!("JetStream: {e}")))?;
@@ -169,7 +186,13 @@ impl Cluster {
 
     /// Consume the stream forever, handing each event to `hub` in stream order. Starts far
     /// enough back to refill the history ring; re-creates its consumer after any error.
-    pub fn spawn_consumer(self: &Arc<Self>, hub: Arc<Hub>, patterns: Arc<PatternCache>, history: usize) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_consumer(
+        self: &Arc<Self>,
+        hub: Arc<Hub>,
+        patterns: Arc<PatternCache>,
+        audit: Arc<AuditPipeline>,
+        history: usize,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         let start = self
             .last_seq_at_start
@@ -180,7 +203,7 @@ impl Cluster {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match me.consume(&hub, &patterns).await {
+                match me.consume(&hub, &patterns, &audit).await {
                     Ok(()) => backoff = Duration::from_millis(100),
                     Err(e) => {
                         tracing::warn!(error = %e, "JetStream consumer stopped; re-creating");
@@ -192,8 +215,13 @@ impl Cluster {
         })
     }
 
-    async fn consume(&self, hub: &Hub, patterns: &PatternCache) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let s = self.js.get_stream(STREAM).await?;
+    async fn consume(
+        &self,
+        hub: &Hub,
+        patterns: &PatternCache,
+        audit: &AuditPipeline,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let s = self.js.get_stream(&self.stream).await?;
         let next = self.delivered.load(Ordering::Acquire) + 1;
         let first = s.cached_info().state.first_sequence;
         if next < first {
@@ -206,7 +234,7 @@ impl Cluster {
         let consumer = s
             .create_consumer(consumer::pull::OrderedConfig {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence },
-                filter_subject: SUBJECT.into(),
+                filter_subject: self.subject.clone(),
                 ..Default::default()
             })
             .await?;
@@ -218,12 +246,7 @@ impl Cluster {
                 continue;
             }
             match serde_json::from_slice::<WireEvent>(&m.payload) {
-                Ok(ev) => match ev.into_invalidation(seq, patterns) {
-                    Ok(inv) => {
-                        hub.publish(Arc::new(inv));
-                    }
-                    Err(e) => tracing::error!(seq, error = %e, "undeliverable stream event (pattern)"),
-                },
+                Ok(ev) => self.deliver(ev, seq, hub, patterns, audit).await,
                 Err(e) => tracing::error!(seq, error = %e, "undecodable stream event"),
             }
             self.delivered.store(seq, Ordering::Release);
@@ -232,11 +255,41 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Audit (if this node accepted it) and hand one stream event to the hub.
+    async fn deliver(&self, ev: WireEvent, seq: u64, hub: &Hub, patterns: &PatternCache, audit: &AuditPipeline) {
+        let ours = ev.node_id == hub.node_id();
+        let body_hash = ev.body_hash.clone();
+        let inv = match ev.into_invalidation(seq, patterns) {
+            Ok(inv) => Arc::new(inv),
+            Err(e) => {
+                tracing::error!(seq, error = %e, "undeliverable stream event (pattern)");
+                return;
+            }
+        };
+        if !ours {
+            hub.publish(inv);
+            return;
+        }
+        // Our own event: its audit slot first (waiting as long as it takes: the consumer may
+        // lag, but a record is never skipped), then the push, then the record.
+        let permit = loop {
+            match audit.reserve().await {
+                Ok(p) => break p,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        hub.publish(inv.clone());
+        let latency_us = (crate::time::now_us() - inv.published_at_us).max(0) as u64;
+        permit.send(AuditRecord { inv, latency_us, body_hash });
+    }
+}
+
 /// Refuse to run against a stream whose settings contradict ours in ways that break the
 /// contract (another subject set, no dedup window, or memory storage that loses history).
 fn check_config(have: &stream::Config, want: &stream::Config) -> Result<(), ClusterError> {
-    if !have.subjects.iter().any(|s| s == SUBJECT) {
-        return Err(ClusterError::Conflict(format!("subjects are {:?}, expected {SUBJECT:?}", have.subjects)));
+    if have.subjects != want.subjects {
+        return Err(ClusterError::Conflict(format!("subjects are {:?}, expected {:?}", have.subjects, want.subjects)));
     }
     if have.duplicate_window.is_zero() {
         return Err(ClusterError::Conflict("duplicate_window is 0: request_id deduplication is off".into()));
@@ -248,7 +301,7 @@ fn check_config(have: &stream::Config, want: &stream::Config) -> Result<(), Clus
         tracing::warn!(
             have_max_age = ?have.max_age, want_max_age = ?want.max_age,
             have_max_messages = have.max_messages, want_max_messages = want.max_messages,
-            "stream {STREAM} exists with other limits; keeping the stream's"
+            "stream exists with other limits; keeping the stream's"
         );
     }
     Ok(())

@@ -139,7 +139,8 @@ impl Conn {
     /// Writer side: the next queued frame.
     pub fn pop(&self) -> Option<QueuedFrame> {
         let frame = self.queue.pop()?;
-        self.queued_bytes.fetch_sub(frame.bytes.len(), Ordering::AcqRel);
+        self.queued_bytes
+            .fetch_sub(frame.bytes.len(), Ordering::AcqRel);
         Some(frame)
     }
 
@@ -154,8 +155,10 @@ impl Conn {
             CloseReason::SlowConsumer => SLOW,
             CloseReason::Shutdown => SHUTDOWN,
         };
-        let changed =
-            self.state.compare_exchange(OPEN, to, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        let changed = self
+            .state
+            .compare_exchange(OPEN, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
         if changed {
             self.wake.notify_one();
             self.closing.notify_waiters();
@@ -232,7 +235,10 @@ mod tests {
     use super::*;
 
     fn frame(seq: u64, len: usize) -> QueuedFrame {
-        QueuedFrame { seq, bytes: Bytes::from(vec![b'x'; len]) }
+        QueuedFrame {
+            seq,
+            bytes: Bytes::from(vec![b'x'; len]),
+        }
     }
 
     fn conn(events: usize, bytes: usize) -> Conn {

@@ -126,7 +126,11 @@ pub struct EventEncoder<'a> {
 
 impl<'a> EventEncoder<'a> {
     pub fn new(inv: &'a Invalidation, epoch: &'a str) -> Self {
-        EventEncoder { inv, epoch, published_at: inv.published_at_rfc3339() }
+        EventEncoder {
+            inv,
+            epoch,
+            published_at: inv.published_at_rfc3339(),
+        }
     }
 
     /// One complete frame for `keys`.
@@ -157,7 +161,13 @@ mod tests {
 
     #[test]
     fn header_sizes_follow_rfc6455() {
-        for (len, header) in [(0usize, 2usize), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+        for (len, header) in [
+            (0usize, 2usize),
+            (125, 2),
+            (126, 4),
+            (65_535, 4),
+            (65_536, 10),
+        ] {
             let text = "x".repeat(len.saturating_sub(2));
             let frame = json_frame(&text);
             assert_eq!(payload(&frame).len(), len.max(2));

@@ -146,7 +146,10 @@ mod tests {
         assert_eq!(seqs(&h.since(0, 5, now).unwrap()), vec![1, 2, 3, 4, 5]);
         assert_eq!(seqs(&h.since(3, 5, now).unwrap()), vec![4, 5]);
         assert_eq!(seqs(&h.since(5, 5, now).unwrap()), Vec::<u64>::new());
-        assert_eq!(h.since(6, 5, now).unwrap_err(), ResetReason::InvalidPosition);
+        assert_eq!(
+            h.since(6, 5, now).unwrap_err(),
+            ResetReason::InvalidPosition
+        );
     }
 
     #[test]

@@ -110,6 +110,8 @@ pub struct Hub {
     gate: Mutex<Gate>,
     next_conn: AtomicU64,
     closing: AtomicBool,
+    /// Signalled when the last connection unregisters (for `wait_closed`).
+    idle: tokio::sync::Notify,
     connections_total: AtomicU64,
     slow_consumer_closes: AtomicU64,
     events_delivered: AtomicU64,
@@ -150,6 +152,7 @@ impl Hub {
             }),
             next_conn: AtomicU64::new(1),
             closing: AtomicBool::new(false),
+            idle: tokio::sync::Notify::new(),
             connections_total: AtomicU64::new(0),
             slow_consumer_closes: AtomicU64::new(0),
             events_delivered: AtomicU64::new(0),
@@ -190,17 +193,27 @@ impl Hub {
     /// ring. Callers serialise calls in `seq` order. Never blocks on a connection.
     pub fn publish(&self, inv: Arc<Invalidation>) -> Delivery {
         let mut gate = self.gate.lock();
-        let Gate { history, router, subsets, scratch_idx } = &mut *gate;
+        let Gate {
+            history,
+            router,
+            subsets,
+            scratch_idx,
+        } = &mut *gate;
         subsets.clear();
         let encoder = EventEncoder::new(&inv, &self.epoch);
-        let indexes = Indexes { subs: &self.subs, tracked: &self.tracked };
+        let indexes = Indexes {
+            subs: &self.subs,
+            tracked: &self.tracked,
+        };
         let slots = router.route(&inv.target, &indexes);
         let conns = self.conns.read();
         let mut all_keys: Option<Bytes> = None;
         let mut no_keys: Option<Bytes> = None;
         let mut delivery = Delivery::default();
         for slot in slots {
-            let Some(conn) = conns.get(&slot.conn) else { continue };
+            let Some(conn) = conns.get(&slot.conn) else {
+                continue;
+            };
             forget_taken(conn, &inv.target, slot);
             let bytes = match &inv.target {
                 Target::Keys(keys) => {
@@ -209,7 +222,9 @@ impl Hub {
                         continue;
                     }
                     if idx.len() == keys.len() {
-                        all_keys.get_or_insert_with(|| encoder.encode(EventKeys::All(keys))).clone()
+                        all_keys
+                            .get_or_insert_with(|| encoder.encode(EventKeys::All(keys)))
+                            .clone()
                     } else if let Some(b) = subsets.get(idx) {
                         b.clone()
                     } else {
@@ -221,18 +236,27 @@ impl Hub {
                 Target::Pattern { .. } => {
                     let names = allowed_names(&conn.principal, &slot.names);
                     if names.is_empty() {
-                        no_keys.get_or_insert_with(|| encoder.encode(EventKeys::None)).clone()
+                        no_keys
+                            .get_or_insert_with(|| encoder.encode(EventKeys::None))
+                            .clone()
                     } else {
                         encoder.encode(EventKeys::Named(&names))
                     }
                 }
             };
-            match conn.offer(QueuedFrame { seq: inv.seq, bytes }) {
+            match conn.offer(QueuedFrame {
+                seq: inv.seq,
+                bytes,
+            }) {
                 Offer::Queued => delivery.delivered += 1,
                 Offer::Overflowed => {
                     delivery.dropped += 1;
                     self.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(conn = conn.id, seq = inv.seq, "slow consumer: closing with 4008");
+                    tracing::info!(
+                        conn = conn.id,
+                        seq = inv.seq,
+                        "slow consumer: closing with 4008"
+                    );
                 }
                 Offer::Closed => delivery.dropped += 1,
             }
@@ -242,8 +266,10 @@ impl Hub {
         history.push(inv, Instant::now());
         self.seq.store(seq, Ordering::Release);
         drop(gate);
-        self.events_delivered.fetch_add(delivery.delivered, Ordering::Relaxed);
-        self.events_dropped.fetch_add(delivery.dropped, Ordering::Relaxed);
+        self.events_delivered
+            .fetch_add(delivery.delivered, Ordering::Relaxed);
+        self.events_dropped
+            .fetch_add(delivery.dropped, Ordering::Relaxed);
         delivery
     }
 
@@ -260,8 +286,7 @@ impl Hub {
             slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
             events_delivered: self.events_delivered.load(Ordering::Relaxed),
             events_dropped: self.events_dropped.load(Ordering::Relaxed),
-            subscriptions: (self.subs.len() as u64)
-                .max(self.subscriptions.load(Ordering::Relaxed)),
+            subscriptions: (self.subs.len() as u64).max(self.subscriptions.load(Ordering::Relaxed)),
             tracked_keys: self.tracked.len() as u64,
         }
     }
@@ -271,6 +296,20 @@ impl Hub {
         self.closing.store(true, Ordering::Release);
         for conn in self.conns.read().values() {
             conn.begin_close(CloseReason::Shutdown);
+        }
+    }
+
+    /// Resolves once no connection is registered: after `close_all`, when every connection
+    /// task has written its close frame and ended. Bound it with a timeout.
+    pub async fn wait_closed(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.conns.read().is_empty() {
+                return;
+            }
+            idle.await;
         }
     }
 
@@ -305,13 +344,21 @@ impl Hub {
 
     /// Forget a connection and its interests. `subscriptions` is how many it had.
     pub fn unregister(&self, conn: &Conn, subscriptions: usize) {
-        self.conns.write().remove(&conn.id);
+        let now_empty = {
+            let mut conns = self.conns.write();
+            conns.remove(&conn.id);
+            conns.is_empty()
+        };
         self.subs.remove_conn(conn.id);
         let mut tracked = conn.tracked();
         self.tracked.remove_conn(conn.id);
         tracked.clear();
         drop(tracked);
-        self.subscriptions.fetch_sub(subscriptions as u64, Ordering::Relaxed);
+        self.subscriptions
+            .fetch_sub(subscriptions as u64, Ordering::Relaxed);
+        if now_empty {
+            self.idle.notify_waiters();
+        }
     }
 
     pub fn subscribe(&self, conn: &Conn, pattern: Arc<Pattern>) {
@@ -353,7 +400,12 @@ impl Hub {
 
     /// Take the `resume` cut for `conn` (see the module doc). On success the connection is
     /// in replay mode until [`Hub::end_replay`]: outbox overflow spills instead of closing.
-    pub fn resume_cut(&self, conn: &Conn, epoch: &str, since_seq: u64) -> Result<ResumeCut, ResetReason> {
+    pub fn resume_cut(
+        &self,
+        conn: &Conn,
+        epoch: &str,
+        since_seq: u64,
+    ) -> Result<ResumeCut, ResetReason> {
         if epoch != self.epoch {
             return Err(ResetReason::EpochChanged);
         }
@@ -362,7 +414,11 @@ impl Hub {
         let events = gate.history.since(since_seq, seq, Instant::now())?;
         let pending = conn.drain();
         conn.start_replay();
-        Ok(ResumeCut { pending, events, seq })
+        Ok(ResumeCut {
+            pending,
+            events,
+            seq,
+        })
     }
 
     /// End the replay started by `resume_cut`: the frames queued or spilled meanwhile.
@@ -414,9 +470,10 @@ fn allowed_indexes<'a>(
         return idx;
     }
     scratch.clear();
-    scratch.extend(
-        idx.iter().copied().filter(|&i| keys.get(i as usize).is_some_and(|k| principal.allows_key(k))),
-    );
+    scratch.extend(idx.iter().copied().filter(|&i| {
+        keys.get(i as usize)
+            .is_some_and(|k| principal.allows_key(k))
+    }));
     scratch
 }
 
@@ -424,7 +481,13 @@ fn allowed_names<'a>(principal: &Principal, names: &'a [String]) -> Cow<'a, [Str
     if principal.prefixes.is_none() {
         return Cow::Borrowed(names);
     }
-    Cow::Owned(names.iter().filter(|k| principal.allows_key(k)).cloned().collect())
+    Cow::Owned(
+        names
+            .iter()
+            .filter(|k| principal.allows_key(k))
+            .cloned()
+            .collect(),
+    )
 }
 
 #[cfg(test)]

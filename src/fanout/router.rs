@@ -187,13 +187,22 @@ pub(crate) mod tests {
             self.subs.push((conn, Arc::new(p)));
         }
         pub fn track(&self, conn: ConnId, key: &str) {
-            self.tracked.lock().entry(key.to_string()).or_default().insert(conn);
+            self.tracked
+                .lock()
+                .entry(key.to_string())
+                .or_default()
+                .insert(conn);
         }
     }
 
     impl RouteIndex for NaiveIndex {
         fn match_key(&self, key: &str, out: &mut Vec<ConnId>) {
-            out.extend(self.subs.iter().filter(|(_, p)| p.is_match(key)).map(|(c, _)| *c));
+            out.extend(
+                self.subs
+                    .iter()
+                    .filter(|(_, p)| p.is_match(key))
+                    .map(|(c, _)| *c),
+            );
         }
         fn take_key(&self, key: &str, out: &mut Vec<ConnId>) {
             if let Some(cs) = self.tracked.lock().remove(key) {
@@ -201,7 +210,12 @@ pub(crate) mod tests {
             }
         }
         fn match_pattern(&self, pattern: &Pattern, out: &mut Vec<ConnId>) {
-            out.extend(self.subs.iter().filter(|(_, p)| p.may_overlap(pattern)).map(|(c, _)| *c));
+            out.extend(
+                self.subs
+                    .iter()
+                    .filter(|(_, p)| p.may_overlap(pattern))
+                    .map(|(c, _)| *c),
+            );
         }
         fn take_pattern(&self, pattern: &Pattern, out: &mut Vec<(String, ConnId)>) {
             let mut t = self.tracked.lock();
@@ -219,7 +233,10 @@ pub(crate) mod tests {
     }
 
     fn summary(slots: &[Slot]) -> BTreeMap<ConnId, (Vec<u32>, Vec<u32>, Vec<String>)> {
-        slots.iter().map(|s| (s.conn, (s.keys.clone(), s.taken.clone(), s.names.clone()))).collect()
+        slots
+            .iter()
+            .map(|s| (s.conn, (s.keys.clone(), s.taken.clone(), s.names.clone())))
+            .collect()
     }
 
     #[test]
@@ -250,8 +267,13 @@ pub(crate) mod tests {
         idx.track(1, "k2");
         idx.track(1, "k1");
         idx.track(2, "k1");
-        let p = Arc::new(Pattern::parse("k1", Some(PatternType::Exact), &Default::default()).unwrap());
-        let target = Target::Pattern { pattern: p, matched_keys: vec![], matched_count: 0 };
+        let p =
+            Arc::new(Pattern::parse("k1", Some(PatternType::Exact), &Default::default()).unwrap());
+        let target = Target::Pattern {
+            pattern: p,
+            matched_keys: vec![],
+            matched_count: 0,
+        };
         let mut r = Router::new();
         let got = summary(r.route(&target, &idx));
         assert_eq!(got[&1].2, vec!["k1".to_string()]);

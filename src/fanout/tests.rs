@@ -10,7 +10,10 @@ use crate::auth::Scope;
 use crate::pattern::{PatternLimits, PatternType};
 
 fn hub_with(ws: WsConfig) -> Arc<Hub> {
-    let config = Config { ws, ..Config::default() };
+    let config = Config {
+        ws,
+        ..Config::default()
+    };
     let cache = Arc::new(PatternCache::new(64, PatternLimits::default()));
     Hub::new(&config, "ep".into(), Arc::from("node-t"), cache, 0)
 }
@@ -55,7 +58,11 @@ fn pattern_inv(seq: u64, src: &str) -> Arc<Invalidation> {
         token_name: None,
         published_at_us: 0,
         node_id: Arc::from("node-t"),
-        target: Target::Pattern { pattern: pat(src, None), matched_keys: vec![], matched_count: 0 },
+        target: Target::Pattern {
+            pattern: pat(src, None),
+            matched_keys: vec![],
+            matched_count: 0,
+        },
     })
 }
 
@@ -69,7 +76,12 @@ fn events(conn: &Conn) -> Vec<Value> {
 }
 
 fn keys_of(v: &Value) -> Vec<String> {
-    v["keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap().to_string()).collect()
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -148,7 +160,10 @@ fn restricted_principal_receives_only_keys_inside_its_prefixes() {
 
 #[test]
 fn slow_consumer_is_marked_and_counted_others_keep_receiving() {
-    let hub = hub_with(WsConfig { queue_events: 2, ..WsConfig::default() });
+    let hub = hub_with(WsConfig {
+        queue_events: 2,
+        ..WsConfig::default()
+    });
     let slow = hub.register(open()).unwrap();
     let fast = hub.register(open()).unwrap();
     hub.subscribe(&slow, pat("*", None));
@@ -164,7 +179,10 @@ fn slow_consumer_is_marked_and_counted_others_keep_receiving() {
     let d = hub.publish(key_inv(4, &["k"]));
     assert_eq!((d.delivered, d.dropped), (1, 1));
     let s = hub.stats();
-    assert_eq!((s.slow_consumer_closes, s.events_dropped, s.events_delivered), (1, 2, 6));
+    assert_eq!(
+        (s.slow_consumer_closes, s.events_dropped, s.events_delivered),
+        (1, 2, 6)
+    );
 }
 
 #[test]
@@ -189,13 +207,28 @@ fn resume_cut_returns_history_and_pending_and_resets() {
     }
     let cut = hub.resume_cut(&a, "ep", 1).unwrap();
     assert_eq!(cut.seq, 3);
-    assert_eq!(cut.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
-    assert_eq!(cut.pending.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        cut.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert_eq!(
+        cut.pending.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     // During the replay, overflow spills instead of closing; end_replay returns it in order.
     hub.publish(key_inv(4, &["k"]));
-    assert_eq!(hub.end_replay(&a).iter().map(|f| f.seq).collect::<Vec<_>>(), vec![4]);
-    assert_eq!(hub.resume_cut(&a, "other", 1).err(), Some(ResetReason::EpochChanged));
-    assert_eq!(hub.resume_cut(&a, "ep", 9).err(), Some(ResetReason::InvalidPosition));
+    assert_eq!(
+        hub.end_replay(&a).iter().map(|f| f.seq).collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(
+        hub.resume_cut(&a, "other", 1).err(),
+        Some(ResetReason::EpochChanged)
+    );
+    assert_eq!(
+        hub.resume_cut(&a, "ep", 9).err(),
+        Some(ResetReason::InvalidPosition)
+    );
 }
 
 #[test]
@@ -206,7 +239,10 @@ fn unregister_forgets_interests_and_close_all_refuses_new_connections() {
     hub.track(&a, ["x"]);
     hub.unregister(&a, 1);
     let s = hub.stats();
-    assert_eq!((s.connections_active, s.subscriptions, s.tracked_keys), (0, 0, 0));
+    assert_eq!(
+        (s.connections_active, s.subscriptions, s.tracked_keys),
+        (0, 0, 0)
+    );
     assert_eq!(hub.publish(key_inv(1, &["x"])).delivered, 0);
     let b = hub.register(open()).unwrap();
     hub.close_all();

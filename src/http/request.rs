@@ -138,20 +138,25 @@ fn key_list(
     Ok(dedup_keep_order(keys))
 }
 
-/// Distinct strings in first-occurrence order. O(n) with one hash set.
-pub fn dedup_keep_order(keys: Vec<String>) -> Vec<String> {
+/// Distinct strings in first-occurrence order. O(n): a borrowed hash set marks the first
+/// occurrences, then the vector is filtered in place; no string is copied.
+pub fn dedup_keep_order(mut keys: Vec<String>) -> Vec<String> {
     if keys.len() < 2 {
         return keys;
     }
-    let mut seen = std::collections::HashSet::with_capacity(keys.len());
-    let mut out = Vec::with_capacity(keys.len());
-    for k in keys {
-        if !seen.contains(k.as_str()) {
-            seen.insert(k.clone());
-            out.push(k);
-        }
+    let keep: Vec<bool> = {
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        keys.iter().map(|k| seen.insert(k.as_str())).collect()
+    };
+    if keep.iter().all(|k| *k) {
+        return keys;
     }
-    out
+    let mut i = 0;
+    keys.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    keys
 }
 
 pub fn parse_key_request(body: &[u8], limits: &Limits) -> Result<KeyRequest, ApiError> {

@@ -17,13 +17,14 @@
 //!   for other keys their patterns are reported "unsure" and checked by the caller.
 //!
 //! Failure modes: a group whose DFA exceeds the size limits is split in halves and retried; a
-//! single pattern that still fails is loose. A search error (it cannot happen with these
-//! settings, but the API allows it) reports the whole group as "unsure".
+//! single pattern that still fails is loose. A walk reaching a quit state (it cannot happen
+//! with Unicode off, but the API allows it) reports the whole group as "unsure".
 
-use regex_automata::dfa::{Automaton, OverlappingState, dense};
+use regex_automata::dfa::{Automaton, dense};
 use regex_automata::nfa::thompson;
-use regex_automata::util::syntax;
-use regex_automata::{Anchored, Input, MatchKind};
+use regex_automata::util::primitives::StateID;
+use regex_automata::util::{start, syntax};
+use regex_automata::{Anchored, MatchKind};
 
 /// Most patterns compiled into one DFA. Larger groups mean fewer DFA walks per key but a
 /// larger (and, for overlapping globs, possibly exponential) determinisation.
@@ -34,6 +35,8 @@ const DETERMINIZE_SIZE_LIMIT: usize = 32 << 20;
 
 struct Group {
     dfa: dense::DFA<Vec<u32>>,
+    /// The anchored start state (computed once; keys are matched whole).
+    start: StateID,
     /// Exact on every key (glob sources), else on ASCII keys only (user regexes).
     all_keys: bool,
     /// `slots[pattern id]` = the caller's slot of that pattern.
@@ -80,11 +83,15 @@ impl AutoSet {
             return;
         }
         match build_dfa(items) {
-            Ok(dfa) => self.groups.push(Group {
-                dfa,
-                all_keys,
-                slots: items.iter().map(|(s, _)| *s).collect(),
-            }),
+            Ok((dfa, start)) => {
+                let slots = items.iter().map(|(s, _)| *s).collect();
+                self.groups.push(Group {
+                    dfa,
+                    start,
+                    all_keys,
+                    slots,
+                });
+            }
             Err(err) if items.len() == 1 => {
                 tracing::debug!(error = %err, "subscription pattern left out of the DFA set");
                 self.loose.push(items[0].0);
@@ -116,29 +123,43 @@ impl AutoSet {
     /// `f(slot, false)` for each pattern the caller must check itself (loose patterns,
     /// ASCII-only groups on a non-ASCII key, or a group whose search failed).
     pub(crate) fn for_each(&self, key: &str, mut f: impl FnMut(u32, bool)) {
-        let input = Input::new(key).anchored(Anchored::Yes);
         let ascii = key.is_ascii();
         for group in &self.groups {
             if !group.all_keys && !ascii {
                 group.slots.iter().for_each(|&s| f(s, false));
                 continue;
             }
-            let mut state = OverlappingState::start();
-            loop {
-                if group
-                    .dfa
-                    .try_search_overlapping_fwd(&input, &mut state)
-                    .is_err()
-                {
-                    group.slots.iter().for_each(|&s| f(s, false));
-                    break;
+            // A plain table walk (the overlapping-search API costs more per call than a
+            // short key's whole walk): stop at the dead state, and at the end take the
+            // end-of-input transition, whose match state lists every pattern that matched.
+            let mut state = group.start;
+            let mut unsure = false;
+            for &byte in key.as_bytes() {
+                state = group.dfa.next_state(state, byte);
+                if group.dfa.is_special_state(state) {
+                    if group.dfa.is_dead_state(state) {
+                        break;
+                    }
+                    if group.dfa.is_quit_state(state) {
+                        unsure = true;
+                        break;
+                    }
                 }
-                let Some(m) = state.get_match() else { break };
-                // Every pattern ends in `\z`, so this holds; checked to stay exact if not.
-                if m.offset() == key.len()
-                    && let Some(&slot) = group.slots.get(m.pattern().as_usize())
-                {
-                    f(slot, true);
+            }
+            if unsure {
+                group.slots.iter().for_each(|&s| f(s, false));
+                continue;
+            }
+            if group.dfa.is_dead_state(state) {
+                continue;
+            }
+            let end = group.dfa.next_eoi_state(state);
+            if group.dfa.is_match_state(end) {
+                for i in 0..group.dfa.match_len(end) {
+                    if let Some(&slot) = group.slots.get(group.dfa.match_pattern(end, i).as_usize())
+                    {
+                        f(slot, true);
+                    }
                 }
             }
         }
@@ -164,9 +185,9 @@ fn dfa_safe(source: &str, byte_level: bool) -> bool {
         .is_ok()
 }
 
-fn build_dfa(items: &[(u32, String)]) -> Result<dense::DFA<Vec<u32>>, dense::BuildError> {
+fn build_dfa(items: &[(u32, String)]) -> Result<(dense::DFA<Vec<u32>>, StateID), String> {
     let patterns: Vec<&str> = items.iter().map(|(_, s)| s.as_str()).collect();
-    dense::Builder::new()
+    let dfa = dense::Builder::new()
         .configure(
             dense::DFA::config()
                 .match_kind(MatchKind::All)
@@ -181,6 +202,11 @@ fn build_dfa(items: &[(u32, String)]) -> Result<dense::DFA<Vec<u32>>, dense::Bui
                 .which_captures(thompson::WhichCaptures::None),
         )
         .build_many(&patterns)
+        .map_err(|e| e.to_string())?;
+    let start = dfa
+        .start_state(&start::Config::new().anchored(Anchored::Yes))
+        .map_err(|e| e.to_string())?;
+    Ok((dfa, start))
 }
 
 #[cfg(test)]

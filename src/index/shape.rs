@@ -7,6 +7,8 @@
 //! is the *effective* one: a glob such as `user:*` sent with an explicit `glob` type has the
 //! key set of a prefix and is indexed as one.
 
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
+
 use crate::pattern::{Pattern, PatternType};
 
 /// The class of a pattern's matcher, with its literal for the three literal classes.
@@ -43,4 +45,40 @@ pub(crate) fn regex_source(p: &Pattern) -> Option<(&str, bool)> {
 /// Text every key matched by `p` starts with (possibly empty).
 pub(crate) fn literal_prefix(p: &Pattern) -> &str {
     p.literal_prefix()
+}
+
+/// Bytes every key matched by `p` ends with (possibly empty): the literal of an exact key or
+/// a suffix; for a glob or regex the longest common suffix of the literals regex-syntax
+/// extracts from its regex source ("" when extraction gives up). Sound because a finite
+/// extracted suffix sequence holds a suffix of every match. Costs a parse: call it once per
+/// pattern, not per key.
+pub(crate) fn literal_suffix(p: &Pattern) -> Vec<u8> {
+    match shape(p) {
+        Shape::Exact(literal) | Shape::Suffix(literal) => literal.as_bytes().to_vec(),
+        Shape::Prefix(_) => Vec::new(),
+        Shape::Auto => {
+            let Some(source) = p.regex_source() else {
+                return Vec::new();
+            };
+            let parser = regex_syntax::ParserBuilder::new()
+                .utf8(false)
+                .build()
+                .parse(source);
+            let Ok(hir) = parser else { return Vec::new() };
+            let seq = Extractor::new().kind(ExtractKind::Suffix).extract(&hir);
+            seq.longest_common_suffix()
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// Whether two literal prefixes (or, with `suffix`, literal suffixes) allow a common key: one
+/// must extend the other.
+pub(crate) fn comparable(a: &[u8], b: &[u8], suffix: bool) -> bool {
+    if suffix {
+        a.ends_with(b) || b.ends_with(a)
+    } else {
+        a.starts_with(b) || b.starts_with(a)
+    }
 }

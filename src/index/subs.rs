@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::{Mutex, RwLock};
 
 use super::automata::AutoSet;
-use super::shape::{Shape, literal_prefix, regex_source, shape};
+use super::shape::{Shape, comparable, literal_prefix, literal_suffix, regex_source, shape};
 use super::trie::{Slot, Trie};
 use super::{ConnId, spawn_background};
 use crate::pattern::{Pattern, PatternType};
@@ -104,6 +104,30 @@ struct Entry {
 struct AutoSlot {
     pattern: Arc<Pattern>,
     conns: Vec<ConnId>,
+    /// What every matching key starts / ends with, to skip `may_overlap` (an automaton
+    /// product search, microseconds) for invalidation patterns that cannot overlap.
+    bounds: Bounds,
+}
+
+/// Literal start and end of every key a pattern matches (see `shape.rs`).
+#[derive(Default)]
+struct Bounds {
+    prefix: Box<[u8]>,
+    suffix: Box<[u8]>,
+}
+
+impl Bounds {
+    /// Costs a regex parse for a glob or regex: call it outside the lock.
+    fn of(p: &Pattern) -> Bounds {
+        Bounds {
+            prefix: literal_prefix(p).as_bytes().into(),
+            suffix: literal_suffix(p).into(),
+        }
+    }
+
+    fn may_meet(&self, prefix: &[u8], suffix: &[u8]) -> bool {
+        comparable(&self.prefix, prefix, false) && comparable(&self.suffix, suffix, true)
+    }
 }
 
 #[derive(Default)]
@@ -162,12 +186,16 @@ impl SubscriptionIndex {
     /// Add `pattern` for `conn` (a repeat of the same pattern and type is a no-op).
     pub fn subscribe(&self, conn: ConnId, pattern: Arc<Pattern>) {
         let key = entry_key(&pattern);
+        let bounds = match shape(&pattern) {
+            Shape::Auto => Bounds::of(&pattern),
+            _ => Bounds::default(),
+        };
         let rebuild = {
             let mut st = self.inner.state.write();
             if !st.per_conn.entry(conn).or_default().insert(key.clone()) {
                 return;
             }
-            st.add(conn, key, pattern);
+            st.add(conn, key, pattern, bounds);
             st.needs_rebuild()
         };
         if rebuild {
@@ -327,7 +355,7 @@ impl State {
     }
 
     /// Record a new (conn, pattern) pair; the caller checked it is new.
-    fn add(&mut self, conn: ConnId, key: EntryKey, pattern: Arc<Pattern>) {
+    fn add(&mut self, conn: ConnId, key: EntryKey, pattern: Arc<Pattern>, bounds: Bounds) {
         self.len += 1;
         if let Some(entry) = self.entries.get_mut(&key) {
             match entry.slot {
@@ -349,7 +377,7 @@ impl State {
             Shape::Auto => (
                 Class::Auto,
                 Box::from(""),
-                Some(self.alloc_slot(&pattern, conn)),
+                Some(self.alloc_slot(&pattern, conn, bounds)),
             ),
         };
         let conns = if slot.is_some() {
@@ -373,10 +401,11 @@ impl State {
         );
     }
 
-    fn alloc_slot(&mut self, pattern: &Arc<Pattern>, conn: ConnId) -> u32 {
+    fn alloc_slot(&mut self, pattern: &Arc<Pattern>, conn: ConnId, bounds: Bounds) -> u32 {
         let slot = AutoSlot {
             pattern: Arc::clone(pattern),
             conns: vec![conn],
+            bounds,
         };
         let id = match self.free_slots.pop() {
             Some(id) => {
@@ -491,9 +520,16 @@ impl State {
     }
 
     /// Glob/regex subscriptions whose key set may overlap `pattern`.
-    fn match_slots_overlapping(&self, pattern: &Pattern, out: &mut Vec<ConnId>) {
+    /// `prefix`/`suffix` bound every key `pattern` matches (cheap pre-filter).
+    fn match_slots_overlapping(
+        &self,
+        pattern: &Pattern,
+        prefix: &[u8],
+        suffix: &[u8],
+        out: &mut Vec<ConnId>,
+    ) {
         for slot in self.slots.iter().flatten() {
-            if slot.pattern.may_overlap(pattern) {
+            if slot.bounds.may_meet(prefix, suffix) && slot.pattern.may_overlap(pattern) {
                 out.extend_from_slice(&slot.conns);
             }
         }
@@ -514,7 +550,7 @@ impl State {
             self.fwd.collect_subtree(node, true, true, out);
         }
         self.push_entries(&self.suffixes, out);
-        self.match_slots_overlapping(pattern, out);
+        self.match_slots_overlapping(pattern, prefix.as_bytes(), b"", out);
     }
 
     /// Mirror of `match_prefix` over the reversed trie.
@@ -523,7 +559,7 @@ impl State {
             self.rev.collect_subtree(node, true, true, out);
         }
         self.push_entries(&self.prefixes, out);
-        self.match_slots_overlapping(pattern, out);
+        self.match_slots_overlapping(pattern, b"", suffix.as_bytes(), out);
     }
 
     /// Glob/regex invalidation: exact subscriptions are decided with `is_match`; prefixes,
@@ -531,9 +567,11 @@ impl State {
     /// pattern's literal prefix can overlap it.
     fn match_auto(&self, pattern: &Pattern, out: &mut Vec<ConnId>) {
         let start = literal_prefix(pattern);
+        let end = literal_suffix(pattern);
         for key in &self.exacts {
             if let Some(e) = self.entries.get(key)
                 && e.literal.starts_with(start)
+                && e.literal.as_bytes().ends_with(&end)
                 && pattern.is_match(&e.literal)
             {
                 out.extend_from_slice(&e.conns);
@@ -541,7 +579,7 @@ impl State {
         }
         for key in &self.prefixes {
             if let Some(e) = self.entries.get(key)
-                && (e.literal.starts_with(start) || start.starts_with(&*e.literal))
+                && comparable(e.literal.as_bytes(), start.as_bytes(), false)
                 && e.pattern.may_overlap(pattern)
             {
                 out.extend_from_slice(&e.conns);
@@ -549,12 +587,13 @@ impl State {
         }
         for key in &self.suffixes {
             if let Some(e) = self.entries.get(key)
+                && comparable(e.literal.as_bytes(), &end, true)
                 && e.pattern.may_overlap(pattern)
             {
                 out.extend_from_slice(&e.conns);
             }
         }
-        self.match_slots_overlapping(pattern, out);
+        self.match_slots_overlapping(pattern, start.as_bytes(), &end, out);
     }
 }
 

@@ -98,6 +98,20 @@ pub(crate) fn regex_literal_prefix(hir: &Hir) -> String {
     valid.to_string()
 }
 
+/// Longest literal every match of `hir` ends with, the mirror of [`regex_literal_prefix`]
+/// (cut forward to a character boundary).
+pub(crate) fn regex_literal_suffix(hir: &Hir) -> String {
+    let seq = Extractor::new().kind(ExtractKind::Suffix).extract(hir);
+    let Some(bytes) = seq.longest_common_suffix() else {
+        return String::new();
+    };
+    // A UTF-8 sequence is at most 4 bytes: some start within the first 4 bytes is valid.
+    (0..bytes.len().min(4))
+        .find_map(|skip| std::str::from_utf8(&bytes[skip..]).ok())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// `^(?:hir)$` as an HIR.
 pub(crate) fn anchor(hir: Hir) -> Hir {
     Hir::concat(vec![Hir::look(Look::Start), hir, Hir::look(Look::End)])

@@ -140,6 +140,8 @@ pub struct Pattern {
     regex_source: Option<String>,
     /// Longest literal every matching key starts with.
     literal_prefix: String,
+    /// Longest literal every matching key ends with.
+    literal_suffix: String,
 }
 
 impl Pattern {
@@ -154,13 +156,14 @@ impl Pattern {
     ) -> Result<Pattern, PatternError> {
         parse::validate(source, limits)?;
         let (kind, shape) = parse::infer(source, explicit);
-        let (matcher, regex_source, literal_prefix) = match shape {
-            Shape::Exact(s) => (Matcher::Exact(s.clone()), None, s),
-            Shape::Prefix(s) => (Matcher::Prefix(s.clone()), None, s),
-            Shape::Suffix(s) => (Matcher::Suffix(s), None, String::new()),
+        let (matcher, regex_source, literal_prefix, literal_suffix) = match shape {
+            Shape::Exact(s) => (Matcher::Exact(s.clone()), None, s.clone(), s),
+            Shape::Prefix(s) => (Matcher::Prefix(s.clone()), None, s, String::new()),
+            Shape::Suffix(s) => (Matcher::Suffix(s.clone()), None, String::new(), s),
             Shape::Glob(tokens) => {
                 let regex = parse::glob_to_regex(&tokens);
                 let prefix = parse::glob_literal_prefix(&tokens);
+                let suffix = parse::glob_literal_suffix(&tokens);
                 let matcher = match parse::glob_as_literal(&tokens) {
                     Some(Shape::Exact(s)) => Matcher::Exact(s),
                     Some(Shape::Prefix(s)) => Matcher::Prefix(s),
@@ -170,15 +173,21 @@ impl Pattern {
                         Matcher::Dfa(Box::new(Compiled::new(&hir, limits.max_regex_bytes)?))
                     }
                 };
-                (matcher, Some(regex), prefix)
+                (matcher, Some(regex), prefix, suffix)
             }
             Shape::Regex => {
                 let hir = compile::parse_user_regex(source)?;
                 let prefix = compile::regex_literal_prefix(&hir);
+                let suffix = compile::regex_literal_suffix(&hir);
                 let anchored = compile::anchor(hir);
                 let compiled = Compiled::new(&anchored, limits.max_regex_bytes)?;
                 let regex = compile::anchored_source(source, &anchored);
-                (Matcher::Dfa(Box::new(compiled)), Some(regex), prefix)
+                (
+                    Matcher::Dfa(Box::new(compiled)),
+                    Some(regex),
+                    prefix,
+                    suffix,
+                )
             }
         };
         Ok(Pattern {
@@ -187,6 +196,7 @@ impl Pattern {
             matcher,
             regex_source,
             literal_prefix,
+            literal_suffix,
         })
     }
 
@@ -244,6 +254,13 @@ impl Pattern {
         &self.literal_prefix
     }
 
+    /// Longest literal every matching key ends with ("" when there is none). Exact and
+    /// suffix: the text; prefix: ""; glob: the text after the last wildcard; regex: the
+    /// longest common suffix of regex-syntax's extracted suffix literals.
+    pub fn literal_suffix(&self) -> &str {
+        &self.literal_suffix
+    }
+
     /// Whether `key` is in this pattern's key set (whole-key semantics).
     ///
     /// Cost: a string comparison, or one DFA transition per byte. No allocation.
@@ -284,6 +301,7 @@ impl Pattern {
         self.source.len()
             + matcher
             + self.literal_prefix.len()
+            + self.literal_suffix.len()
             + self.regex_source.as_ref().map_or(0, String::len)
     }
 }

@@ -17,7 +17,7 @@
 //! visited set of at most budget pairs.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use regex_automata::dfa::Automaton;
 use regex_automata::util::primitives::StateID;
@@ -30,6 +30,13 @@ pub const OVERLAP_STATE_BUDGET: usize = 4096;
 
 pub(crate) fn may_overlap(a: &Pattern, b: &Pattern) -> bool {
     use Matcher::{Dfa, Exact, Prefix, Suffix};
+    // A common key starts with both literal prefixes and ends with both literal suffixes, so
+    // one of each pair must extend the other. Decides most disjoint pairs in nanoseconds.
+    let (pa, pb) = (a.literal_prefix(), b.literal_prefix());
+    let (sa, sb) = (a.literal_suffix(), b.literal_suffix());
+    if !(pa.starts_with(pb) || pb.starts_with(pa)) || !(sa.ends_with(sb) || sb.ends_with(sa)) {
+        return false;
+    }
     match (&a.matcher, &b.matcher) {
         (Exact(k), _) => b.is_match(k),
         (_, Exact(k)) => a.is_match(k),
@@ -58,6 +65,8 @@ trait Walk {
     fn accepts_at_end(&self, s: Self::State) -> bool;
     /// Bytes with equal classes have equal transitions from every state.
     fn class(&self, byte: u8) -> u16;
+    /// Classes are below this.
+    fn class_count(&self) -> usize;
 }
 
 struct DfaWalk<'a>(&'a Compiled);
@@ -82,6 +91,9 @@ impl Walk for DfaWalk<'_> {
     }
     fn class(&self, byte: u8) -> u16 {
         u16::from(self.0.dfa.byte_classes().get(byte))
+    }
+    fn class_count(&self) -> usize {
+        self.0.dfa.byte_classes().alphabet_len()
     }
 }
 
@@ -184,6 +196,9 @@ impl Walk for LitWalk<'_> {
             0
         }
     }
+    fn class_count(&self) -> usize {
+        257
+    }
 }
 
 /// Is there a byte string both automata accept? Bounded breadth-first search; "true" when
@@ -191,7 +206,8 @@ impl Walk for LitWalk<'_> {
 fn product_nonempty<A: Walk, B: Walk>(a: &A, b: &B) -> bool {
     let alphabet = joint_alphabet(a, b);
     let start = (a.start(), b.start());
-    let mut seen: HashSet<(A::State, B::State)> = HashSet::new();
+    let mut seen: HashSet<(A::State, B::State), BuildHasherDefault<PairHasher>> =
+        HashSet::default();
     let mut queue = VecDeque::new();
     seen.insert(start);
     queue.push_back(start);
@@ -216,12 +232,57 @@ fn product_nonempty<A: Walk, B: Walk>(a: &A, b: &B) -> bool {
     false
 }
 
-/// One representative byte per distinct pair of classes.
+/// One representative byte per distinct pair of classes (a bitmap of class pairs: at most
+/// 257 x 257 bits).
 fn joint_alphabet<A: Walk, B: Walk>(a: &A, b: &B) -> Vec<u8> {
-    let mut seen = HashSet::new();
+    let width = b.class_count();
+    let mut seen = vec![0u64; (a.class_count() * width).div_ceil(64)];
     (0..=255u8)
-        .filter(|&byte| seen.insert((a.class(byte), b.class(byte))))
+        .filter(|&byte| {
+            let bit = usize::from(a.class(byte)) * width + usize::from(b.class(byte));
+            let (word, mask) = (bit / 64, 1u64 << (bit % 64));
+            match seen.get_mut(word) {
+                Some(w) if *w & mask != 0 => false,
+                Some(w) => {
+                    *w |= mask;
+                    true
+                }
+                None => true,
+            }
+        })
         .collect()
+}
+
+/// A multiplicative hasher for small integer pairs: the visited set is internal, its keys
+/// are automaton state numbers (no attacker-chosen data), and SipHash dominated the search.
+#[derive(Default)]
+struct PairHasher(u64);
+
+impl PairHasher {
+    #[inline]
+    fn add(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for PairHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.add(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.add(u64::from(x));
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.add(x);
+    }
+    fn write_usize(&mut self, x: usize) {
+        self.add(x as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[cfg(test)]

@@ -158,6 +158,20 @@ pub(crate) fn glob_literal_prefix(tokens: &[Token]) -> String {
         .collect()
 }
 
+/// The literal text after a glob's last wildcard: every key it matches ends with it.
+pub(crate) fn glob_literal_suffix(tokens: &[Token]) -> String {
+    let mut tail: Vec<char> = tokens
+        .iter()
+        .rev()
+        .map_while(|t| match t {
+            Token::Lit(c) => Some(*c),
+            Token::Star | Token::Quest => None,
+        })
+        .collect();
+    tail.reverse();
+    tail.into_iter().collect()
+}
+
 /// `?` as a byte-level class: exactly one UTF-8 encoded scalar value. Keys are valid UTF-8,
 /// so lead byte + the right number of continuation bytes is one scalar.
 const ONE_SCALAR: &str =
@@ -306,6 +320,8 @@ mod tests {
     fn glob_helpers() {
         let t = tokenize("user:*:p?");
         assert_eq!(glob_literal_prefix(&t), "user:");
+        assert_eq!(glob_literal_suffix(&tokenize("a*:pé")), ":pé");
+        assert_eq!(glob_literal_suffix(&tokenize("a*")), "");
         assert_eq!(
             glob_as_literal(&tokenize("ab**")),
             Some(Shape::Prefix("ab".into()))

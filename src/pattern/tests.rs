@@ -326,6 +326,18 @@ fn literal_prefix_is_cut_at_a_char_boundary() {
 }
 
 #[test]
+fn literal_suffix_per_type() {
+    assert_eq!(p("a*:pé").literal_suffix(), ":pé");
+    assert_eq!(p("*:x").literal_suffix(), ":x");
+    assert_eq!(p("x:*").literal_suffix(), "");
+    assert_eq!(p("x:1").literal_suffix(), "x:1");
+    assert_eq!(px("(a|b)xyz", PatternType::Regex).literal_suffix(), "xyz");
+    assert_eq!(px("(aé|bé)", PatternType::Regex).literal_suffix(), "é");
+    // U+00E9 and U+01E9 share only their last byte: cut forward to a boundary.
+    assert_eq!(px("(é|ǩ)", PatternType::Regex).literal_suffix(), "");
+}
+
+#[test]
 fn may_overlap_literal_types_are_exact() {
     assert!(p("user:1").may_overlap(&p("user:*")));
     assert!(!p("user:1").may_overlap(&p("order:*")));
@@ -558,6 +570,7 @@ proptest! {
         }
         for key in universe() {
             prop_assert!(!pat.is_match(&key) || key.starts_with(pat.literal_prefix()));
+            prop_assert!(!pat.is_match(&key) || key.ends_with(pat.literal_suffix()));
         }
     }
 

@@ -58,7 +58,10 @@ where
 {
     let Some(conn) = hub.register(principal) else {
         let mut ws = ws;
-        let frame = CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() };
+        let frame = CloseFrame {
+            code: CloseCode::Away,
+            reason: "server shutting down".into(),
+        };
         let _ = timeout(CLOSE_GRACE, ws.close(Some(frame))).await;
         return;
     };
@@ -181,7 +184,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Op::Unsubscribe(specs) => self.unsubscribe(specs, id.as_ref()),
             Op::Track(keys) => self.track(keys, id.as_ref()),
             Op::Untrack(keys) => {
-                let count = self.hub.untrack(&self.conn, keys.iter().map(String::as_str));
+                let count = self
+                    .hub
+                    .untrack(&self.conn, keys.iter().map(String::as_str));
                 Ok(self.push_reply(&Reply::Untracked { count }, id.as_ref()))
             }
             Op::Resume { epoch, since_seq } => return self.resume(&epoch, since_seq, id).await,
@@ -206,7 +211,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if !self.conn.principal.allows_pattern(&p) {
                     return Err(FrameError::new(
                         ErrorCode::Forbidden,
-                        format!("pattern {:?} reaches outside this token's key prefixes", s.pattern),
+                        format!(
+                            "pattern {:?} reaches outside this token's key prefixes",
+                            s.pattern
+                        ),
                     ));
                 }
                 Ok(p)
@@ -218,7 +226,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let compiled = self.compile(&specs)?;
         let mut fresh: Vec<Arc<Pattern>> = Vec::new();
         for p in compiled {
-            if !self.subs.iter().chain(fresh.iter()).any(|q| same_pattern(q, &p)) {
+            if !self
+                .subs
+                .iter()
+                .chain(fresh.iter())
+                .any(|q| same_pattern(q, &p))
+            {
                 fresh.push(p);
             }
         }
@@ -239,7 +252,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    fn unsubscribe(&mut self, specs: Vec<PatternSpec>, id: Option<&Value>) -> Result<(), FrameError> {
+    fn unsubscribe(
+        &mut self,
+        specs: Vec<PatternSpec>,
+        id: Option<&Value>,
+    ) -> Result<(), FrameError> {
         for spec in &specs {
             // Compare on what the client wrote plus the inferred type: compile through the
             // cache so inference is the same as at subscribe time.
@@ -293,7 +310,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let cut = match self.hub.resume_cut(&self.conn, epoch, since_seq) {
             Ok(cut) => cut,
             Err(reason) => {
-                self.push_reply(&Reply::Reset { reason: reason.as_str() }, id.as_ref());
+                self.push_reply(
+                    &Reply::Reset {
+                        reason: reason.as_str(),
+                    },
+                    id.as_ref(),
+                );
                 return self.flush_out().await;
             }
         };
@@ -329,7 +351,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         // Always leave replay mode, even when the socket failed.
         let rest = self.hub.end_replay(&self.conn);
         result?;
-        self.push_reply(&Reply::Resumed { replayed, seq: cut.seq }, id.as_ref());
+        self.push_reply(
+            &Reply::Resumed {
+                replayed,
+                seq: cut.seq,
+            },
+            id.as_ref(),
+        );
         self.push_frames(rest);
         self.flush_out().await
     }
@@ -362,10 +390,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Target::Pattern { pattern, .. } => {
                 let mut names: Vec<String> = {
                     let mirror = self.conn.tracked();
-                    mirror.iter().filter(|k| pattern.is_match(k)).map(|k| k.to_string()).collect()
+                    mirror
+                        .iter()
+                        .filter(|k| pattern.is_match(k))
+                        .map(|k| k.to_string())
+                        .collect()
                 };
                 names.sort_unstable();
-                self.hub.untrack(&self.conn, names.iter().map(String::as_str));
+                self.hub
+                    .untrack(&self.conn, names.iter().map(String::as_str));
                 names.retain(|k| principal.allows_key(k));
                 let subscribed = self.subs.iter().any(|p| p.may_overlap(pattern));
                 if names.is_empty() && !subscribed {
@@ -464,14 +497,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn close(&mut self, reason: CloseReason) {
         let frame = match reason {
-            CloseReason::SlowConsumer => {
-                CloseFrame { code: CloseCode::from(4008), reason: "slow consumer".into() }
-            }
+            CloseReason::SlowConsumer => CloseFrame {
+                code: CloseCode::from(4008),
+                reason: "slow consumer".into(),
+            },
             CloseReason::Shutdown => {
                 // Deliver what is already queued first: shutdown drains.
                 self.position();
                 let _ = self.flush_out().await;
-                CloseFrame { code: CloseCode::Away, reason: "server shutting down".into() }
+                CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "server shutting down".into(),
+                }
             }
         };
         self.out.clear();

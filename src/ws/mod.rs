@@ -31,7 +31,11 @@ use crate::fanout::Hub;
 
 /// Answer an upgrade request on `/ws` (101 and spawn the connection task) or refuse it (400).
 /// `principal` has already been authenticated and holds the `subscribe` scope.
-pub fn upgrade(mut req: Request<Incoming>, hub: Arc<Hub>, principal: Arc<Principal>) -> Response<Full<Bytes>> {
+pub fn upgrade(
+    mut req: Request<Incoming>,
+    hub: Arc<Hub>,
+    principal: Arc<Principal>,
+) -> Response<Full<Bytes>> {
     let accept = match check_handshake(req.headers()) {
         Ok(key) => derive_accept_key(key.as_bytes()),
         Err(e) => return error_response(&e),
@@ -75,7 +79,9 @@ where
 
 fn socket_config(hub: &Hub) -> WebSocketConfig {
     let max = hub.limits().max_ws_frame_bytes;
-    WebSocketConfig::default().max_message_size(Some(max)).max_frame_size(Some(max))
+    WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
 }
 
 /// The `Sec-WebSocket-Key` of a valid version-13 upgrade request.
@@ -93,16 +99,26 @@ fn check_handshake(headers: &HeaderMap) -> Result<&str, ApiError> {
             "GET /ws is a WebSocket endpoint: send `Connection: Upgrade` and `Upgrade: websocket`",
         ));
     }
-    let version = headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok());
+    let version = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok());
     if version.map(str::trim) != Some("13") {
-        return Err(ApiError::new(ErrorCode::ValidationFailed, "Sec-WebSocket-Version must be 13"));
+        return Err(ApiError::new(
+            ErrorCode::ValidationFailed,
+            "Sec-WebSocket-Version must be 13",
+        ));
     }
     headers
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|v| v.to_str().ok())
         .filter(|k| !k.trim().is_empty())
         .map(str::trim)
-        .ok_or_else(|| ApiError::new(ErrorCode::ValidationFailed, "missing Sec-WebSocket-Key header"))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::ValidationFailed,
+                "missing Sec-WebSocket-Key header",
+            )
+        })
 }
 
 fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
@@ -110,9 +126,15 @@ fn error_response(err: &ApiError) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = err.code.status();
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if err.code == ErrorCode::ValidationFailed {
-        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
     }
     if let Some(secs) = err.retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -53,7 +53,11 @@ pub struct FrameError {
 
 impl FrameError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        FrameError { id: None, code, message: message.into() }
+        FrameError {
+            id: None,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn validation(message: impl Into<String>) -> Self {
@@ -82,7 +86,9 @@ pub fn parse(text: &str) -> Result<Request, FrameError> {
     let value: Value = serde_json::from_str(text)
         .map_err(|e| FrameError::new(ErrorCode::InvalidJson, format!("malformed JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
-        return Err(FrameError::validation("a frame must be a JSON object with an \"op\" field"));
+        return Err(FrameError::validation(
+            "a frame must be a JSON object with an \"op\" field",
+        ));
     };
     let id = obj.remove("id");
     let op = parse_op(&mut obj).map_err(|e| e.with_id(id.clone()))?;
@@ -106,9 +112,12 @@ fn parse_op(obj: &mut serde_json::Map<String, Value>) -> Result<Op, FrameError> 
                 Some(Value::String(s)) => s.clone(),
                 _ => return Err(FrameError::validation("\"epoch\" must be a string")),
             };
-            let since_seq = obj.get("since_seq").and_then(Value::as_u64).ok_or_else(|| {
-                FrameError::validation("\"since_seq\" must be a non-negative integer")
-            })?;
+            let since_seq = obj
+                .get("since_seq")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| {
+                    FrameError::validation("\"since_seq\" must be a non-negative integer")
+                })?;
             Ok(Op::Resume { epoch, since_seq })
         }
         other => Err(FrameError::validation(format!(
@@ -126,10 +135,15 @@ fn patterns(obj: &mut serde_json::Map<String, Value>) -> Result<Vec<PatternSpec>
 
 fn pattern_spec(item: Value) -> Result<PatternSpec, FrameError> {
     match item {
-        Value::String(pattern) => Ok(PatternSpec { pattern, pattern_type: None }),
+        Value::String(pattern) => Ok(PatternSpec {
+            pattern,
+            pattern_type: None,
+        }),
         Value::Object(mut o) => {
             let Some(Value::String(pattern)) = o.remove("pattern") else {
-                return Err(FrameError::validation("a pattern object needs a string \"pattern\""));
+                return Err(FrameError::validation(
+                    "a pattern object needs a string \"pattern\"",
+                ));
             };
             let pattern_type = match o.remove("pattern_type") {
                 None | Some(Value::Null) => None,
@@ -140,21 +154,30 @@ fn pattern_spec(item: Value) -> Result<PatternSpec, FrameError> {
                 })?),
                 Some(_) => return Err(FrameError::validation("\"pattern_type\" must be a string")),
             };
-            Ok(PatternSpec { pattern, pattern_type })
+            Ok(PatternSpec {
+                pattern,
+                pattern_type,
+            })
         }
-        _ => Err(FrameError::validation("each pattern must be a string or an object")),
+        _ => Err(FrameError::validation(
+            "each pattern must be a string or an object",
+        )),
     }
 }
 
 fn keys(obj: &mut serde_json::Map<String, Value>) -> Result<Vec<String>, FrameError> {
     let Some(Value::Array(items)) = obj.remove("keys") else {
-        return Err(FrameError::validation("\"keys\" must be an array of strings"));
+        return Err(FrameError::validation(
+            "\"keys\" must be an array of strings",
+        ));
     };
     items
         .into_iter()
         .map(|v| match v {
             Value::String(s) => Ok(s),
-            _ => Err(FrameError::validation("\"keys\" must be an array of strings")),
+            _ => Err(FrameError::validation(
+                "\"keys\" must be an array of strings",
+            )),
         })
         .collect()
 }
@@ -171,7 +194,9 @@ pub fn validate_key(key: &str, max_bytes: usize) -> Result<(), FrameError> {
         )));
     }
     if key.bytes().any(|b| b.is_ascii_control()) {
-        return Err(FrameError::validation("keys must not contain ASCII control characters"));
+        return Err(FrameError::validation(
+            "keys must not contain ASCII control characters",
+        ));
     }
     Ok(())
 }
@@ -185,7 +210,10 @@ pub struct PatternOut<'a> {
 
 impl<'a> From<&'a Pattern> for PatternOut<'a> {
     fn from(p: &'a Pattern) -> Self {
-        PatternOut { pattern: p.source(), pattern_type: p.kind().as_str() }
+        PatternOut {
+            pattern: p.source(),
+            pattern_type: p.kind().as_str(),
+        }
     }
 }
 
@@ -193,16 +221,43 @@ impl<'a> From<&'a Pattern> for PatternOut<'a> {
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply<'a> {
-    Hello { protocol: u32, node_id: &'a str, epoch: &'a str, seq: u64 },
-    Subscribed { patterns: Vec<PatternOut<'a>>, seq: u64 },
-    Unsubscribed { patterns: Vec<PatternOut<'a>>, seq: u64 },
-    Tracked { count: usize },
-    Untracked { count: usize },
-    Resumed { replayed: u64, seq: u64 },
-    Reset { reason: &'static str },
-    Pong { seq: u64 },
-    Heartbeat { seq: u64 },
-    Error { code: &'static str, message: &'a str },
+    Hello {
+        protocol: u32,
+        node_id: &'a str,
+        epoch: &'a str,
+        seq: u64,
+    },
+    Subscribed {
+        patterns: Vec<PatternOut<'a>>,
+        seq: u64,
+    },
+    Unsubscribed {
+        patterns: Vec<PatternOut<'a>>,
+        seq: u64,
+    },
+    Tracked {
+        count: usize,
+    },
+    Untracked {
+        count: usize,
+    },
+    Resumed {
+        replayed: u64,
+        seq: u64,
+    },
+    Reset {
+        reason: &'static str,
+    },
+    Pong {
+        seq: u64,
+    },
+    Heartbeat {
+        seq: u64,
+    },
+    Error {
+        code: &'static str,
+        message: &'a str,
+    },
 }
 
 #[derive(Serialize)]
@@ -220,7 +275,13 @@ pub fn encode(reply: &Reply<'_>, id: Option<&Value>) -> Bytes {
 
 /// Encode an `error` frame.
 pub fn encode_error(err: &FrameError) -> Bytes {
-    encode(&Reply::Error { code: err.code.as_str(), message: &err.message }, err.id.as_ref())
+    encode(
+        &Reply::Error {
+            code: err.code.as_str(),
+            message: &err.message,
+        },
+        err.id.as_ref(),
+    )
 }
 
 #[cfg(test)]
@@ -239,16 +300,33 @@ mod tests {
         assert_eq!(
             r.op,
             Op::Subscribe(vec![
-                PatternSpec { pattern: "user:*".into(), pattern_type: None },
-                PatternSpec { pattern: "o:[0-9]+".into(), pattern_type: Some(PatternType::Regex) },
+                PatternSpec {
+                    pattern: "user:*".into(),
+                    pattern_type: None
+                },
+                PatternSpec {
+                    pattern: "o:[0-9]+".into(),
+                    pattern_type: Some(PatternType::Regex)
+                },
             ])
         );
-        assert_eq!(parse(r#"{"op":"track","keys":["a","b"]}"#).unwrap().op, Op::Track(vec!["a".into(), "b".into()]));
-        assert_eq!(parse(r#"{"op":"untrack","keys":[]}"#).unwrap().op, Op::Untrack(vec![]));
+        assert_eq!(
+            parse(r#"{"op":"track","keys":["a","b"]}"#).unwrap().op,
+            Op::Track(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            parse(r#"{"op":"untrack","keys":[]}"#).unwrap().op,
+            Op::Untrack(vec![])
+        );
         assert_eq!(parse(r#"{"op":"ping"}"#).unwrap().op, Op::Ping);
         assert_eq!(
-            parse(r#"{"op":"resume","epoch":"e","since_seq":3}"#).unwrap().op,
-            Op::Resume { epoch: "e".into(), since_seq: 3 }
+            parse(r#"{"op":"resume","epoch":"e","since_seq":3}"#)
+                .unwrap()
+                .op,
+            Op::Resume {
+                epoch: "e".into(),
+                since_seq: 3
+            }
         );
     }
 
@@ -256,23 +334,52 @@ mod tests {
     fn errors_have_codes_and_keep_the_id() {
         assert_eq!(parse("{nope").unwrap_err().code, ErrorCode::InvalidJson);
         let e = parse(r#"{"op":"fly","id":"x"}"#).unwrap_err();
-        assert_eq!((e.code, e.id), (ErrorCode::ValidationFailed, Some(Value::from("x"))));
-        assert_eq!(parse(r#"[1]"#).unwrap_err().code, ErrorCode::ValidationFailed);
-        assert_eq!(parse(r#"{"op":"track","keys":[1]}"#).unwrap_err().code, ErrorCode::ValidationFailed);
-        assert_eq!(parse(r#"{"op":"resume","epoch":"e","since_seq":-1}"#).unwrap_err().code, ErrorCode::ValidationFailed);
-        let e = parse(r#"{"op":"subscribe","patterns":[{"pattern":"a","pattern_type":"nope"}]}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.id),
+            (ErrorCode::ValidationFailed, Some(Value::from("x")))
+        );
+        assert_eq!(
+            parse(r#"[1]"#).unwrap_err().code,
+            ErrorCode::ValidationFailed
+        );
+        assert_eq!(
+            parse(r#"{"op":"track","keys":[1]}"#).unwrap_err().code,
+            ErrorCode::ValidationFailed
+        );
+        assert_eq!(
+            parse(r#"{"op":"resume","epoch":"e","since_seq":-1}"#)
+                .unwrap_err()
+                .code,
+            ErrorCode::ValidationFailed
+        );
+        let e = parse(r#"{"op":"subscribe","patterns":[{"pattern":"a","pattern_type":"nope"}]}"#)
+            .unwrap_err();
         assert!(e.message.contains("pattern_type"));
     }
 
     #[test]
     fn replies_are_spec_shaped() {
-        let hello = json(&encode(&Reply::Hello { protocol: 1, node_id: "n", epoch: "e", seq: 4 }, None));
-        assert_eq!(hello, serde_json::json!({"type":"hello","protocol":1,"node_id":"n","epoch":"e","seq":4}));
+        let hello = json(&encode(
+            &Reply::Hello {
+                protocol: 1,
+                node_id: "n",
+                epoch: "e",
+                seq: 4,
+            },
+            None,
+        ));
+        assert_eq!(
+            hello,
+            serde_json::json!({"type":"hello","protocol":1,"node_id":"n","epoch":"e","seq":4})
+        );
         let id = Value::from("q");
         let pong = json(&encode(&Reply::Pong { seq: 9 }, Some(&id)));
         assert_eq!(pong, serde_json::json!({"type":"pong","seq":9,"id":"q"}));
         let err = json(&encode_error(&FrameError::new(ErrorCode::Forbidden, "no")));
-        assert_eq!(err, serde_json::json!({"type":"error","code":"forbidden","message":"no"}));
+        assert_eq!(
+            err,
+            serde_json::json!({"type":"error","code":"forbidden","message":"no"})
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! driven by a real HTTP client.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ pub struct Builder {
     data_dir: Option<PathBuf>,
 }
 
-/// A fresh directory under the target dir (removed by `TestServer`'s drop).
+/// A fresh directory under the target dir (left there for post-mortems; `cargo clean` removes it).
 pub fn fresh_dir(tag: &str) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let dir = base.join(format!("{tag}-{}-{:x}", std::process::id(), fastrand::u64(..)));
