@@ -24,10 +24,11 @@ fn pat(source: &str, explicit: Option<PatternType>) -> Arc<Pattern> {
 
 /// `n` subscription patterns, one connection each, in NOTES.md's mix.
 fn subscriptions(n: usize) -> SubscriptionIndex {
+    let mask: u32 = std::env::var("MASK").ok().and_then(|m| m.parse().ok()).unwrap_or(7);
     let idx = SubscriptionIndex::new();
-    let prefixes = n * 70 / 100;
-    let suffixes = n * 25 / 100;
-    let automata = n - prefixes - suffixes;
+    let prefixes = if mask & 1 != 0 { n * 70 / 100 } else { 0 };
+    let suffixes = if mask & 2 != 0 { n * 25 / 100 } else { 0 };
+    let automata = if mask & 4 != 0 { n - n * 70 / 100 - n * 25 / 100 } else { 0 };
     let mut conn = 0u64;
     let mut add = |p: Arc<Pattern>| {
         idx.subscribe(conn, p);

@@ -32,6 +32,17 @@ fn parse_and_compile(c: &mut Criterion) {
     group.bench_function("regex_unicode_word", |b| {
         b.iter(|| Pattern::parse(black_box(r"user:\w+"), Some(PatternType::Regex), &limits))
     });
+    // Worst case a client can make us pay per distinct pattern (refusals are cached too).
+    group.sample_size(10);
+    group.bench_function("too_big_rejected", |b| {
+        b.iter(|| {
+            Pattern::parse(
+                black_box("(a|b|c)*a(a|b|c){30}"),
+                Some(PatternType::Regex),
+                &limits,
+            )
+        })
+    });
     group.finish();
 }
 

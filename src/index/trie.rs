@@ -12,7 +12,7 @@
 //! * `walk`: O(L log f) and allocation-free (besides growing `out`).
 //! * `collect_subtree`: O(nodes under the start node).
 //!
-//! Memory: one `Node` (4 small vectors, ~100 bytes) per distinct byte-prefix of the stored
+//! Memory: one `Node` (3 small vectors, ~80 bytes) per distinct byte-prefix of the stored
 //! literals. Node 0 is the root (the empty literal) and is never freed.
 
 use super::ConnId;
@@ -26,20 +26,33 @@ pub(crate) enum Slot {
 
 #[derive(Default)]
 struct Node {
-    /// Sorted labels of the children; `kids[i]` is the child reached by `labels[i]`.
-    labels: Vec<u8>,
-    kids: Vec<u32>,
+    /// Children as `label << 32 | node`, sorted by label: one array per node, so a step of a
+    /// walk touches the node and this array only (the walk is memory-bound).
+    edges: Vec<u64>,
     exact: Vec<ConnId>,
     wild: Vec<ConnId>,
 }
 
+fn label(edge: u64) -> u8 {
+    (edge >> 32) as u8
+}
+
+fn target(edge: u64) -> u32 {
+    edge as u32
+}
+
 impl Node {
+    #[inline]
     fn child(&self, byte: u8) -> Option<u32> {
-        self.labels.binary_search(&byte).ok().map(|i| self.kids[i])
+        // Most nodes have a handful of children: a linear scan beats a binary search there.
+        if self.edges.len() <= 8 {
+            return self.edges.iter().find(|&&e| label(e) == byte).map(|&e| target(e));
+        }
+        self.edges.binary_search_by_key(&byte, |&e| label(e)).ok().map(|i| target(self.edges[i]))
     }
 
     fn is_empty(&self) -> bool {
-        self.labels.is_empty() && self.exact.is_empty() && self.wild.is_empty()
+        self.edges.is_empty() && self.exact.is_empty() && self.wild.is_empty()
     }
 
     fn list(&mut self, slot: Slot) -> &mut Vec<ConnId> {
@@ -78,13 +91,12 @@ impl Trie {
         let mut at = 0u32;
         for byte in bytes {
             let node = &self.nodes[at as usize];
-            at = match node.labels.binary_search(&byte) {
-                Ok(i) => node.kids[i],
+            at = match node.edges.binary_search_by_key(&byte, |&e| label(e)) {
+                Ok(i) => target(node.edges[i]),
                 Err(i) => {
                     let id = self.alloc();
                     let node = &mut self.nodes[at as usize];
-                    node.labels.insert(i, byte);
-                    node.kids.insert(i, id);
+                    node.edges.insert(i, (u64::from(byte) << 32) | u64::from(id));
                     id
                 }
             };
@@ -122,9 +134,8 @@ impl Trie {
                 break;
             }
             let node = &mut self.nodes[parent as usize];
-            if let Ok(i) = node.labels.binary_search(&byte) {
-                node.labels.remove(i);
-                node.kids.remove(i);
+            if let Ok(i) = node.edges.binary_search_by_key(&byte, |&e| label(e)) {
+                node.edges.remove(i);
             }
             self.nodes[at as usize] = Node::default();
             self.free.push(at);
@@ -184,7 +195,7 @@ impl Trie {
             if wild {
                 out.extend_from_slice(&node.wild);
             }
-            stack.extend_from_slice(&node.kids);
+            stack.extend(node.edges.iter().map(|&e| target(e)));
         }
     }
 
