@@ -3,8 +3,10 @@
 //!
 //! Scenarios:
 //! * `keys`: C connections driving `POST /invalidate/key` as fast as the server answers.
+//! * `fanout`: N WebSocket subscribers on one interest, a publisher, latency to the last one.
 
 mod common;
+mod fanout;
 mod keys;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,8 @@ struct Cli {
 enum Scenario {
     /// Drive POST /invalidate/key with C keep-alive connections.
     Keys(keys::KeysArgs),
+    /// N WebSocket subscribers, one publisher: publish-to-last-delivery latency.
+    Fanout(fanout::FanoutArgs),
 }
 
 #[tokio::main]
@@ -30,6 +34,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.scenario {
         Scenario::Keys(a) => keys::run(a).await,
+        Scenario::Fanout(a) => fanout::run(a).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

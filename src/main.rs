@@ -41,6 +41,14 @@ enum Command {
     },
     /// Read the audit log.
     Audit(AuditArgs),
+    /// Print live invalidation events (JSON lines); reconnects and resumes on its own.
+    Tail {
+        /// Patterns to subscribe to (inferred types, as in SPEC) [default: every key]
+        #[arg(long = "pattern", default_value = "*")]
+        patterns: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -284,6 +292,72 @@ fn print_audit_table(body: &str) {
     println!("total_count: {}  has_more: {}", v["total_count"], v["has_more"]);
 }
 
+/// `invalidator tail`: subscribe, print every event as one JSON line; on a dropped connection
+/// reconnect and `resume` from the last seq seen (a `reset` is printed too).
+async fn tail(patterns: Vec<String>, remote: Remote) -> ExitCode {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let addr = match authority(&remote.server) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("invalidator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let url = match &remote.token {
+        Some(t) => format!("ws://{addr}/ws?token={}", percent_encode(t)),
+        None => format!("ws://{addr}/ws"),
+    };
+    let mut position: Option<(String, u64)> = None;
+    loop {
+        let (mut ws, _) = match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("invalidator: cannot connect to {url}: {e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut ops = vec![json!({"op": "subscribe", "patterns": patterns})];
+        if let Some((epoch, seq)) = &position {
+            ops.push(json!({"op": "resume", "epoch": epoch, "since_seq": seq}));
+        }
+        for op in ops {
+            if ws.send(Message::text(op.to_string())).await.is_err() {
+                break;
+            }
+        }
+        let mut here: Option<(String, u64)> = None;
+        while let Some(Ok(msg)) = ws.next().await {
+            let Message::Text(text) = msg else { continue };
+            let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap_or_default();
+            match v["type"].as_str() {
+                Some("hello") => {
+                    here = Some((v["epoch"].as_str().unwrap_or_default().to_string(), v["seq"].as_u64().unwrap_or(0)));
+                    if position.is_none() {
+                        position = here.clone();
+                    }
+                }
+                Some("reset") => {
+                    // History was lost: continue from this server's current position.
+                    position = here.clone();
+                    println!("{text}");
+                }
+                Some("invalidate") => {
+                    if let Some(p) = position.as_mut() {
+                        p.1 = v["seq"].as_u64().unwrap_or(p.1);
+                    }
+                    println!("{text}");
+                }
+                Some("error") => println!("{text}"),
+                _ => {}
+            }
+        }
+        eprintln!("invalidator: connection closed; reconnecting");
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -309,6 +383,7 @@ async fn main() -> ExitCode {
             let path = if prometheus { "/metrics" } else { "/invalidate/metrics" };
             finish(remote_call(&remote, path, None).await)
         }
+        Some(Command::Tail { patterns, remote }) => tail(patterns, remote).await,
         Some(Command::Audit(a)) => {
             let path = format!("/audit/logs?{}", query_string(&a));
             match remote_call(&a.remote, &path, None).await {

@@ -667,6 +667,8 @@ async fn pg_rejects_update_delete_truncate() {
         "TRUNCATE invalidation_audit",
         "UPDATE invalidation_audit_count SET total = 0",
         "TRUNCATE invalidation_audit_count",
+        "UPDATE invalidation_audit_count_by_triggered_by SET total = 0",
+        "DELETE FROM invalidation_audit_count_by_triggered_by",
     ] {
         let err = c.execute(sql).await.expect_err(sql);
         assert!(err.to_string().contains("not allowed"), "{sql}: {err}");

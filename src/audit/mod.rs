@@ -289,12 +289,14 @@ impl AuditPipeline {
         &self,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, AuditError> {
-        if self.shared.spooled.load(Ordering::Relaxed) > 0 {
-            if let Some(row) = self.shared.spool.lock().find(request_id)? {
-                return Ok(Some(row.to_stored()));
-            }
+        if self.shared.spooled.load(Ordering::Relaxed) > 0
+            && let Some(row) = self.shared.spool.lock().find(request_id)?
+        {
+            return Ok(Some(row.to_stored()));
         }
-        let Some(store) = self.store().filter(|_| self.ready()) else { return Ok(None) };
+        let Some(store) = self.store().filter(|_| self.ready()) else {
+            return Ok(None);
+        };
         tokio::time::timeout(LOOKUP_TIMEOUT, store.find_request(request_id))
             .await
             .unwrap_or_else(|_| Err(AuditError::Store("request_id lookup timed out".into())))

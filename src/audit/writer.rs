@@ -186,10 +186,10 @@ impl Writer {
         }
         let store = self.shared.store.load_full();
         let direct = self.healthy && self.shared.spooled.load(Ordering::Relaxed) == 0;
-        if let (true, Some(store)) = (direct, store) {
-            if self.write(&store, &rows, mode).await {
-                return;
-            }
+        if let (true, Some(store)) = (direct, store)
+            && self.write(&store, &rows, mode).await
+        {
+            return;
         }
         self.spill(rows).await;
     }

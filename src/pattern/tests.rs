@@ -601,9 +601,19 @@ fn print_sizes() {
         (r"user:\w+", Some(PatternType::Regex)),
         (r"user:[0-9]+:(profile|settings)", Some(PatternType::Regex)),
         (r".*", Some(PatternType::Regex)),
+        (r"\w{20}", Some(PatternType::Regex)),
+        (r"\w{50}", Some(PatternType::Regex)),
+        (r"[^:]+:\w+:\d{1,10}", Some(PatternType::Regex)),
+        (r"(?i)user:[a-zé]+", Some(PatternType::Regex)),
+        (r".{100}", Some(PatternType::Regex)),
+        (r"[a-z]{1000}", Some(PatternType::Regex)),
+        (r"*a??????????", None),
+        (r"*a?????????????", None),
     ] {
         let start = std::time::Instant::now();
-        let pat = Pattern::parse(s, t, &PatternLimits::default()).unwrap();
-        println!("{s}: {} bytes, {:?}", pat.memory_usage(), start.elapsed());
+        match Pattern::parse(s, t, &PatternLimits::default()) {
+            Ok(pat) => println!("{s}: {} bytes, {:?}", pat.memory_usage(), start.elapsed()),
+            Err(e) => println!("{s}: {e}, {:?}", start.elapsed()),
+        }
     }
 }
