@@ -22,7 +22,7 @@ use regex_automata::dfa::{Automaton, StartKind, dense};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
 use regex_automata::util::primitives::StateID;
 use regex_automata::util::start;
-use regex_automata::{Anchored, Input, MatchKind, meta};
+use regex_automata::{Anchored, Input, MatchKind, hybrid, meta};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, Look};
 
@@ -30,11 +30,23 @@ use super::PatternError;
 
 /// A compiled glob or regex.
 pub(crate) struct Compiled {
-    pub(crate) dfa: dense::DFA<Vec<u32>>,
-    pub(crate) start: StateID,
-    /// Present only when the DFA has quit bytes (Unicode word boundaries).
+    /// The dense DFA, when it fits in `max_regex_bytes`.
+    dense: Option<Dense>,
+    /// Only without a dense DFA: a lazy DFA for fst walks.
+    lazy: Option<hybrid::dfa::DFA>,
+    /// Decides what a dense walk cannot: every key when there is no dense DFA, keys reaching
+    /// a quit state (Unicode word boundaries) otherwise.
     fallback: Option<meta::Regex>,
 }
+
+/// An anchored dense DFA and its start state.
+pub(crate) struct Dense {
+    pub(crate) dfa: dense::DFA<Vec<u32>>,
+    pub(crate) start: StateID,
+}
+
+/// The dense DFA's dead state (id 0 by construction in regex-automata).
+const DEAD: StateID = StateID::ZERO;
 
 /// The regex-syntax parser for user regexes: Rust `regex` syntax and semantics (Unicode on,
 /// patterns must match valid UTF-8 only).
@@ -129,7 +141,7 @@ pub(crate) fn anchored_source(source: &str, anchored: &Hir) -> String {
 }
 
 impl Compiled {
-    /// Build the DFA for an anchored HIR, every stage bounded by `limit` bytes.
+    /// Build the automata for an anchored HIR, every stage bounded by `limit` bytes.
     pub(crate) fn new(anchored: &Hir, limit: usize) -> Result<Compiled, PatternError> {
         let nfa = thompson::Compiler::new()
             .configure(
@@ -139,21 +151,18 @@ impl Compiled {
             )
             .build_from_hir(anchored)
             .map_err(|e| nfa_error(&e, limit))?;
-        let dfa = dense::Builder::new()
-            .configure(
-                dense::Config::new()
-                    .match_kind(MatchKind::All)
-                    .start_kind(StartKind::Anchored)
-                    .unicode_word_boundary(true)
-                    .dfa_size_limit(Some(limit))
-                    .determinize_size_limit(Some(limit)),
-            )
-            .build_from_nfa(&nfa)
-            .map_err(|e| dfa_error(&e, limit))?;
-        let start = dfa
-            .start_state(&start::Config::new().anchored(Anchored::Yes))
-            .map_err(|e| PatternError::Invalid(format!("no anchored start state: {e}")))?;
-        let fallback = if anchored.properties().look_set().contains_word_unicode() {
+        let dense = match build_dense(&nfa, limit) {
+            Ok(dense) => Some(dense),
+            Err(e) if e.is_size_limit_exceeded() => None,
+            Err(e) => return Err(PatternError::Invalid(e.to_string())),
+        };
+        let lazy = match dense {
+            Some(_) => None,
+            None => Some(build_lazy(nfa)?),
+        };
+        let needs_regex =
+            dense.is_none() || anchored.properties().look_set().contains_word_unicode();
+        let fallback = if needs_regex {
             let regex = meta::Builder::new()
                 .configure(meta::Config::new().nfa_size_limit(Some(limit)))
                 .build_from_hir(anchored)
@@ -162,55 +171,111 @@ impl Compiled {
         } else {
             None
         };
-        Ok(Compiled {
-            dfa,
-            start,
-            fallback,
-        })
+        Ok(Compiled { dense, lazy, fallback })
+    }
+
+    /// The dense DFA, unless it did not fit in the limit.
+    pub(crate) fn dense(&self) -> Option<&Dense> {
+        self.dense.as_ref()
+    }
+
+    /// The lazy DFA that stands in for a dense DFA too big to build.
+    pub(crate) fn lazy(&self) -> Option<&hybrid::dfa::DFA> {
+        self.lazy.as_ref()
+    }
+
+    /// Whether a DFA walk can end in "don't know" (Unicode word boundary, lazy DFA out of
+    /// cache): callers walking the automata themselves (fst search) must then verify each
+    /// candidate with [`Compiled::is_match`].
+    pub(crate) fn needs_verify(&self) -> bool {
+        self.fallback.is_some()
     }
 
     /// Whole-key match (see the module documentation).
     pub(crate) fn is_match(&self, key: &[u8]) -> bool {
-        let mut state = self.start;
+        let Some(dense) = &self.dense else {
+            return self.fallback_match(key);
+        };
+        let mut state = dense.start;
         for &byte in key {
-            state = self.dfa.next_state(state, byte);
-            if self.dfa.is_special_state(state) {
-                if self.dfa.is_dead_state(state) {
+            state = dense.dfa.next_state(state, byte);
+            if dense.dfa.is_special_state(state) {
+                if dense.dfa.is_dead_state(state) {
                     return false;
                 }
-                if self.dfa.is_quit_state(state) {
+                if dense.dfa.is_quit_state(state) {
                     return self.fallback_match(key);
                 }
             }
         }
-        self.accepts_at_end(state)
-    }
-
-    /// Would the key read so far be a match if it ended here?
-    #[inline]
-    pub(crate) fn accepts_at_end(&self, state: StateID) -> bool {
-        self.dfa.is_match_state(self.dfa.next_eoi_state(state))
-    }
-
-    /// Whether a walk can reach a state only the fallback engine can decide. Callers walking
-    /// the DFA themselves (fst search, overlap) must then verify or answer conservatively.
-    pub(crate) fn has_fallback(&self) -> bool {
-        self.fallback.is_some()
+        dense.accepts_at_end(state)
     }
 
     fn fallback_match(&self, key: &[u8]) -> bool {
         match &self.fallback {
             Some(regex) => regex.is_match(Input::new(key).anchored(Anchored::Yes)),
-            // Quit bytes are only configured for Unicode word boundaries, which always build a
-            // fallback; answering "match" would over-invalidate, never miss.
+            // A fallback is built whenever a walk can need one (no dense DFA, or quit bytes);
+            // answering "match" would over-invalidate, never miss.
             None => true,
         }
     }
 
     /// Heap bytes held (for the cache's byte budget).
     pub(crate) fn memory_usage(&self) -> usize {
-        self.dfa.memory_usage() + self.fallback.as_ref().map_or(0, meta::Regex::memory_usage)
+        self.dense.as_ref().map_or(0, |d| d.dfa.memory_usage())
+            + self.lazy.as_ref().map_or(0, hybrid::dfa::DFA::memory_usage)
+            + self.fallback.as_ref().map_or(0, meta::Regex::memory_usage)
     }
+}
+
+impl Dense {
+    /// Would the key read so far be a match if it ended here?
+    #[inline]
+    pub(crate) fn accepts_at_end(&self, state: StateID) -> bool {
+        self.dfa.is_match_state(self.dfa.next_eoi_state(state))
+    }
+}
+
+/// Cache bound of the lazy DFA of one fst search (allocated per search, freed after it).
+pub(crate) const LAZY_CACHE_BYTES: usize = 2 << 20;
+
+fn build_dense(nfa: &thompson::NFA, limit: usize) -> Result<Dense, dense::BuildError> {
+    #[cfg(test)]
+    if tests::FORCE_LAZY.with(std::cell::Cell::get) {
+        return dense::Builder::new()
+            .configure(dense::Config::new().dfa_size_limit(Some(0)))
+            .build_from_nfa(nfa)
+            .map(|_| unreachable!("a zero size limit cannot be met"));
+    }
+    let dfa = dense::Builder::new()
+        .configure(
+            dense::Config::new()
+                .match_kind(MatchKind::All)
+                .start_kind(StartKind::Anchored)
+                .unicode_word_boundary(true)
+                .dfa_size_limit(Some(limit))
+                .determinize_size_limit(Some(limit)),
+        )
+        .build_from_nfa(nfa)?;
+    // An anchored start state exists by construction (`StartKind::Anchored`); the only other
+    // failure is a quit byte in the look-behind, impossible at the start of a key.
+    let start = dfa.start_state(&start::Config::new().anchored(Anchored::Yes)).unwrap_or(DEAD);
+    Ok(Dense { dfa, start })
+}
+
+/// A lazy DFA that gives up (instead of clearing its cache) when the cache fills: state ids
+/// held by an fst walk then stay valid, and the walk treats the rest as "don't know".
+fn build_lazy(nfa: thompson::NFA) -> Result<hybrid::dfa::DFA, PatternError> {
+    hybrid::dfa::Builder::new()
+        .configure(
+            hybrid::dfa::Config::new()
+                .match_kind(MatchKind::All)
+                .unicode_word_boundary(true)
+                .cache_capacity(LAZY_CACHE_BYTES)
+                .minimum_cache_clear_count(Some(0)),
+        )
+        .build_from_nfa(nfa)
+        .map_err(|e| PatternError::Invalid(e.to_string()))
 }
 
 // A dense DFA's own `Debug` prints every state: far too much for a log line.
@@ -218,6 +283,7 @@ impl std::fmt::Debug for Compiled {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compiled")
             .field("memory_usage", &self.memory_usage())
+            .field("dense", &self.dense.is_some())
             .field("fallback", &self.fallback.is_some())
             .finish()
     }
@@ -234,17 +300,19 @@ fn nfa_error(e: &thompson::BuildError, limit: usize) -> PatternError {
     }
 }
 
-fn dfa_error(e: &dense::BuildError, limit: usize) -> PatternError {
-    if e.is_size_limit_exceeded() {
-        too_big(limit, e.to_string())
-    } else {
-        PatternError::Invalid(e.to_string())
-    }
-}
-
 fn meta_error(e: &meta::BuildError, limit: usize) -> PatternError {
     match e.size_limit() {
         Some(_) => too_big(limit, e.to_string()),
         None => PatternError::Invalid(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Tests set this to exercise the lazy-DFA path on small patterns.
+        pub(crate) static FORCE_LAZY: Cell<bool> = const { Cell::new(false) };
     }
 }
