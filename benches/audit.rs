@@ -32,7 +32,7 @@ const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const BASE_US: i64 = 1_736_938_200_000_000;
 
 fn record(seq: u64, tag: &str) -> AuditRecord {
-    let target = if seq % 5 == 0 {
+    let target = if seq.is_multiple_of(5) {
         let p = Pattern::parse(
             &format!("user:{}:*", seq % 1000),
             Some(PatternType::Prefix),

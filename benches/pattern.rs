@@ -35,6 +35,9 @@ fn parse_and_compile(c: &mut Criterion) {
     // Worst case a client can make us pay per distinct pattern (refusals are cached too).
     group.sample_size(10);
     group.bench_function("too_big_rejected", |b| {
+        b.iter(|| Pattern::parse(black_box(r"\w{500}"), Some(PatternType::Regex), &limits))
+    });
+    group.bench_function("dense_overflow_to_lazy", |b| {
         b.iter(|| {
             Pattern::parse(
                 black_box("(a|b|c)*a(a|b|c){30}"),
@@ -55,6 +58,12 @@ fn is_match(c: &mut Criterion) {
             continue;
         };
         group.bench_function(name, |b| b.iter(|| pattern.is_match(black_box(key))));
+    }
+    // No dense DFA (it would exceed the limit): answered by the second tier.
+    if let Ok(lazy) = Pattern::parse(r"user:\w{10}", Some(PatternType::Regex), &limits) {
+        group.bench_function("regex_without_dense_dfa", |b| {
+            b.iter(|| lazy.is_match(black_box("user:1234567890")))
+        });
     }
     group.finish();
 }

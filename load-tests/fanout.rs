@@ -19,6 +19,7 @@ use invalidator::http::client::HttpClient;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 // `super::common`: the load generator's shared helpers (crate root in `invalidator-load`;
 // tests/ws.rs mounts both files under one module to smoke-test this scenario).
@@ -108,7 +109,10 @@ async fn subscriber(
         req.headers_mut()
             .insert("authorization", format!("Bearer {t}").parse()?);
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+    // tungstenite zero-fills its whole read buffer before every read: keep it small, or the
+    // 1000 clients' memsets dominate the machine the server shares with them.
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false).await?;
     ws.send(Message::text(
         json!({"op": "subscribe", "patterns": [pattern]}).to_string(),
     ))

@@ -174,11 +174,28 @@ impl PgStore {
 
     /// The page and `total_count` run concurrently on two pooled connections.
     pub async fn query(&self, q: &LogQuery) -> Result<(Vec<LogEntry>, i64), AuditError> {
-        let (rows, total) = tokio::join!(self.page(q), self.count(q));
+        if q.since_us.is_some() || q.until_us.is_some() {
+            // The planner assumes matching timestamps are spread evenly over ids and walks
+            // the primary key backwards from the newest row: for an old range that visits
+            // most of the table (measured 112 ms on 1M rows). The count's index-only scan also
+            // yields the min and max id of the matching rows; bounding the page by them
+            // changes no result (every match lies within) and starts the walk at the right
+            // place.
+            let (total, lo, hi) = self.count_with_bounds(q).await?;
+            if total == 0 {
+                return Ok((Vec::new(), 0));
+            }
+            return Ok((self.page(q, Some((lo, hi))).await?, total));
+        }
+        let (rows, total) = tokio::join!(self.page(q, None), self.count(q));
         Ok((rows?, total?))
     }
 
-    async fn page(&self, q: &LogQuery) -> Result<Vec<LogEntry>, AuditError> {
+    async fn page(
+        &self,
+        q: &LogQuery,
+        id_bounds: Option<(i64, i64)>,
+    ) -> Result<Vec<LogEntry>, AuditError> {
         let mut sql = String::from(
             "SELECT id, seq, kind, pattern, pattern_type, keys::text AS keys, matched_count, \
                     triggered_by, (EXTRACT(EPOCH FROM \"timestamp\") * 1000000)::int8 AS ts_us, \
@@ -187,16 +204,37 @@ impl PgStore {
         );
         let mut n = 0;
         push_filters(&mut sql, &mut n, q, true);
+        if id_bounds.is_some() {
+            sql.push_str(&format!(" AND id BETWEEN ${} AND ${}", n + 1, n + 2));
+            n += 2;
+        }
         sql.push_str(&format!(
             " ORDER BY id DESC LIMIT ${} OFFSET ${}",
             n + 1,
             n + 2
         ));
-        let query = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, true)
-            .bind(i64::from(q.limit) + 1)
-            .bind(q.offset);
+        // Not persistent: an unnamed statement is planned with the actual values (a cached
+        // generic plan would guess every range's selectivity).
+        let mut query = bind_filters(sqlx::query(AssertSqlSafe(sql)).persistent(false), q, true);
+        if let Some((lo, hi)) = id_bounds {
+            query = query.bind(lo).bind(hi);
+        }
+        let query = query.bind(i64::from(q.limit) + 1).bind(q.offset);
         let rows = query.fetch_all(&self.pool).await.map_err(store_err)?;
         rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Exact count of the filtered rows, and the id range they span.
+    async fn count_with_bounds(&self, q: &LogQuery) -> Result<(i64, i64, i64), AuditError> {
+        let mut sql = String::from(
+            "SELECT count(*), COALESCE(min(id), 0), COALESCE(max(id), 0) \
+             FROM invalidation_audit WHERE TRUE",
+        );
+        push_filters(&mut sql, &mut 0, q, false);
+        let query = bind_filters(sqlx::query(AssertSqlSafe(sql)).persistent(false), q, false);
+        let row = query.fetch_one(&self.pool).await.map_err(store_err)?;
+        let get = |i: usize| row.try_get::<i64, _>(i).map_err(store_err);
+        Ok((get(0)?, get(1)?, get(2)?))
     }
 
     async fn count(&self, q: &LogQuery) -> Result<i64, AuditError> {
@@ -218,7 +256,7 @@ impl PgStore {
         }
         let mut sql = String::from("SELECT count(*) FROM invalidation_audit WHERE TRUE");
         push_filters(&mut sql, &mut 0, q, false);
-        let query = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, false);
+        let query = bind_filters(sqlx::query(AssertSqlSafe(sql)).persistent(false), q, false);
         let row = query.fetch_one(&self.pool).await.map_err(store_err)?;
         row.try_get::<i64, _>(0).map_err(store_err)
     }

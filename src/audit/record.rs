@@ -55,7 +55,7 @@ pub struct AuditRow {
     pub body_hash: String,
 }
 
-/// Replace NUL (see the module invariant). Borrow-free in the common case.
+/// Replace NUL (see the module invariant); otherwise a plain copy.
 fn clean(s: &str) -> String {
     if s.contains('\0') {
         s.replace('\0', "\u{FFFD}")

@@ -18,7 +18,7 @@
 //! `ON CONFLICT (request_id) DO NOTHING`.
 //!
 //! Costs: memory is one index entry (request id → segment, offset) per spooled record, for
-//! `find_request`; disk is ~300 bytes per key-invalidation record. Segments rotate at
+//! `find_request`, up to [`INDEX_CAP`]; disk is ~300 bytes per key-invalidation record. Segments rotate at
 //! [`SEGMENT_BYTES`] (8 MiB, ~25k records: one segment replays in well under a second).
 
 use std::collections::{BTreeMap, HashMap};
@@ -31,6 +31,9 @@ use super::record::AuditRow;
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 const FRAME_HEADER: usize = 8;
+/// Most request ids indexed for `find` (~100 bytes each); a longer outage still spools every
+/// record, but ids past the cap are not found until the store has them.
+pub const INDEX_CAP: usize = 1_000_000;
 /// A frame longer than this is corruption, not a record (keys are capped far below).
 const MAX_FRAME: usize = 256 << 20;
 
@@ -183,7 +186,9 @@ impl Spool {
     }
 
     fn note(&mut self, id: u64, offset: u64, row: &AuditRow) {
-        self.index.insert(row.request_id.clone(), (id, offset));
+        if self.index.len() < INDEX_CAP {
+            self.index.insert(row.request_id.clone(), (id, offset));
+        }
         self.records += 1;
         self.max_seq = self.max_seq.max(row.seq);
     }

@@ -134,24 +134,55 @@ impl SqliteStore {
     }
 
     pub async fn query(&self, q: &LogQuery) -> Result<(Vec<LogEntry>, i64), AuditError> {
+        if q.since_us.is_some() || q.until_us.is_some() {
+            // As on PostgreSQL: bound the newest-first walk by the matching rows' id range,
+            // which the (covering) count scan yields for free.
+            let mut sql = String::from(
+                "SELECT count(*), COALESCE(min(id), 0), COALESCE(max(id), 0) \
+                 FROM invalidation_audit WHERE 1",
+            );
+            push_filters(&mut sql, q, false);
+            let row = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, false)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(store_err)?;
+            let get = |i: usize| row.try_get::<i64, _>(i).map_err(store_err);
+            let (total, lo, hi) = (get(0)?, get(1)?, get(2)?);
+            if total == 0 {
+                return Ok((Vec::new(), 0));
+            }
+            return Ok((self.page(q, Some((lo, hi))).await?, total));
+        }
+        let (rows, total) = tokio::join!(self.page(q, None), self.count(q));
+        Ok((rows?, total?))
+    }
+
+    async fn page(
+        &self,
+        q: &LogQuery,
+        id_bounds: Option<(i64, i64)>,
+    ) -> Result<Vec<LogEntry>, AuditError> {
         let mut sql = String::from(
             "SELECT id, seq, kind, pattern, pattern_type, keys, matched_count, triggered_by, \
                     \"timestamp\" AS ts_us, request_id, latency_us, node_id, token_name \
              FROM invalidation_audit WHERE 1",
         );
         push_filters(&mut sql, q, true);
+        if id_bounds.is_some() {
+            sql.push_str(" AND id BETWEEN ? AND ?");
+        }
         sql.push_str(" ORDER BY id DESC LIMIT ? OFFSET ?");
-        let page = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, true)
+        let mut query = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, true);
+        if let Some((lo, hi)) = id_bounds {
+            query = query.bind(lo).bind(hi);
+        }
+        let rows = query
             .bind(i64::from(q.limit) + 1)
             .bind(q.offset)
-            .fetch_all(&self.pool);
-        let (rows, total) = tokio::join!(page, self.count(q));
-        let rows = rows.map_err(store_err)?;
-        let entries = rows
-            .iter()
-            .map(entry_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((entries, total?))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_err)?;
+        rows.iter().map(entry_from_row).collect()
     }
 
     async fn count(&self, q: &LogQuery) -> Result<i64, AuditError> {

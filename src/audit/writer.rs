@@ -297,7 +297,7 @@ impl Writer {
                     return true;
                 }
                 Some(Ok(Err(e))) => {
-                    tracing::debug!(error = %e, "audit store still unreachable");
+                    tracing::warn!(error = %e, "audit store still unreachable");
                     self.retry_later();
                 }
                 _ => self.retry_later(),

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::pattern::{Pattern, PatternLimits, PatternType};
@@ -340,7 +341,9 @@ impl Session {
                 .map_err(|_| connect_err("token is not a valid header".into()))?;
             req.headers_mut().insert("authorization", v);
         }
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        // A modest read buffer: tungstenite zero-fills all of it before every read attempt.
+        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
             .await
             .map_err(|e| connect_err(e.to_string()))?;
         let mut session = Session {

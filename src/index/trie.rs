@@ -7,12 +7,13 @@
 //! appear several times (two spellings of one literal); callers deduplicate.
 //!
 //! Costs (L = length of the walked bytes, f = fan-out of a node, at most 256):
-//! * `insert` / `remove`: O(L log f), plus O(c) for the removal from a list of c connections;
+//! * `insert` / `remove`: O(L·f), plus O(c) for the removal from a list of c connections;
 //!   `remove` frees nodes left empty, so memory stays proportional to the live literals.
-//! * `walk`: O(L log f) and allocation-free (besides growing `out`).
+//! * `walk`: O(L), a bit test and a popcount per byte, allocation-free (besides `out`).
 //! * `collect_subtree`: O(nodes under the start node).
 //!
-//! Memory: one `Node` (3 small vectors, ~80 bytes) per distinct byte-prefix of the stored
+//! Memory: one `Node` (a 32-byte child bitmap and 3 small vectors, ~110 bytes) per distinct
+//! byte-prefix of the stored
 //! literals. Node 0 is the root (the empty literal) and is never freed.
 
 use super::ConnId;
@@ -26,33 +27,44 @@ pub(crate) enum Slot {
 
 #[derive(Default)]
 struct Node {
-    /// Children as `label << 32 | node`, sorted by label: one array per node, so a step of a
-    /// walk touches the node and this array only (the walk is memory-bound).
-    edges: Vec<u64>,
+    /// Which bytes have a child: a miss (the usual way a walk ends) is one bit test, and a hit
+    /// finds its child at the bit's rank in `kids`, whatever the fan-out.
+    bits: [u64; 4],
+    /// Children in label order.
+    kids: Vec<u32>,
     exact: Vec<ConnId>,
     wild: Vec<ConnId>,
 }
 
-fn label(edge: u64) -> u8 {
-    (edge >> 32) as u8
-}
-
-fn target(edge: u64) -> u32 {
-    edge as u32
-}
-
 impl Node {
+    /// Index in `kids` of the child labelled `byte`, and whether it exists.
+    #[inline]
+    fn rank(&self, byte: u8) -> (usize, bool) {
+        let (word, bit) = (usize::from(byte >> 6), byte & 63);
+        let below: u32 = self.bits[..word]
+            .iter()
+            .map(|w| w.count_ones())
+            .sum::<u32>()
+            + (self.bits[word] & ((1u64 << bit) - 1)).count_ones();
+        (below as usize, self.bits[word] & (1u64 << bit) != 0)
+    }
+
     #[inline]
     fn child(&self, byte: u8) -> Option<u32> {
-        // Most nodes have a handful of children: a linear scan beats a binary search there.
-        if self.edges.len() <= 8 {
-            return self.edges.iter().find(|&&e| label(e) == byte).map(|&e| target(e));
+        if self.bits[usize::from(byte >> 6)] & (1u64 << (byte & 63)) == 0 {
+            return None;
         }
-        self.edges.binary_search_by_key(&byte, |&e| label(e)).ok().map(|i| target(self.edges[i]))
+        self.kids.get(self.rank(byte).0).copied()
+    }
+
+    fn set_bit(&mut self, byte: u8, on: bool) {
+        let mask = 1u64 << (byte & 63);
+        let word = &mut self.bits[usize::from(byte >> 6)];
+        if on { *word |= mask } else { *word &= !mask }
     }
 
     fn is_empty(&self) -> bool {
-        self.edges.is_empty() && self.exact.is_empty() && self.wild.is_empty()
+        self.kids.is_empty() && self.exact.is_empty() && self.wild.is_empty()
     }
 
     fn list(&mut self, slot: Slot) -> &mut Vec<ConnId> {
@@ -90,15 +102,15 @@ impl Trie {
     pub(crate) fn insert(&mut self, bytes: impl Iterator<Item = u8>, slot: Slot, conn: ConnId) {
         let mut at = 0u32;
         for byte in bytes {
-            let node = &self.nodes[at as usize];
-            at = match node.edges.binary_search_by_key(&byte, |&e| label(e)) {
-                Ok(i) => target(node.edges[i]),
-                Err(i) => {
-                    let id = self.alloc();
-                    let node = &mut self.nodes[at as usize];
-                    node.edges.insert(i, (u64::from(byte) << 32) | u64::from(id));
-                    id
-                }
+            let (i, found) = self.nodes[at as usize].rank(byte);
+            at = if found {
+                self.nodes[at as usize].kids[i]
+            } else {
+                let id = self.alloc();
+                let node = &mut self.nodes[at as usize];
+                node.kids.insert(i, id);
+                node.set_bit(byte, true);
+                id
             };
         }
         self.nodes[at as usize].list(slot).push(conn);
@@ -134,8 +146,9 @@ impl Trie {
                 break;
             }
             let node = &mut self.nodes[parent as usize];
-            if let Ok(i) = node.edges.binary_search_by_key(&byte, |&e| label(e)) {
-                node.edges.remove(i);
+            if let (i, true) = node.rank(byte) {
+                node.kids.remove(i);
+                node.set_bit(byte, false);
             }
             self.nodes[at as usize] = Node::default();
             self.free.push(at);
@@ -195,7 +208,7 @@ impl Trie {
             if wild {
                 out.extend_from_slice(&node.wild);
             }
-            stack.extend(node.edges.iter().map(|&e| target(e)));
+            stack.extend_from_slice(&node.kids);
         }
     }
 

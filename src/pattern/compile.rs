@@ -7,16 +7,22 @@
 //! - Whole-key semantics: walk every byte of the key, then take the end-of-input transition
 //!   and ask whether that state is a match state. A match state reached mid-key means
 //!   nothing (dense DFAs report matches one transition late, and `$` needs the end anyway).
-//! - Size: the Thompson NFA, the determinizer's scratch space and the final DFA are each
-//!   bounded by `max_regex_bytes`; over it is [`PatternError::TooBig`]. There is no lazy-DFA
-//!   fallback: a pattern whose DFA does not fit is refused, so matching is always a table
-//!   walk with no per-thread cache.
-//! - Unicode `\b`/`\B` cannot be decided by a DFA on non-ASCII bytes: the DFA is built with
-//!   those bytes as "quit" bytes, and a [`meta::Regex`] over the same HIR answers whenever a
-//!   walk reaches the quit state. This is the only case with a second engine.
+//! - Size: the Thompson NFA is bounded by `max_regex_bytes` (over it: [`PatternError::TooBig`],
+//!   e.g. `\w{500}`). The dense DFA and the determinizer's scratch space are bounded by the
+//!   same figure; when the dense DFA does not fit (an exponential blow-up such as
+//!   `(a|b)*a(a|b){30}`, or Unicode classes repeated: `\w{20}`), the pattern is still accepted
+//!   and served by the second tier below, since its NFA is small.
+//! - Second tier, a [`meta::Regex`] over the same HIR (its NFAs bounded by
+//!   [`META_NFA_FACTOR`] x the limit): it answers `is_match` when there is no dense DFA, and
+//!   whenever a dense walk reaches a quit state (Unicode `\b`/`\B`, which a DFA cannot decide
+//!   on non-ASCII bytes). For fst search without a dense DFA, a lazy [`hybrid::dfa::DFA`]
+//!   walks the fst with a per-search cache of at most [`LAZY_CACHE_BYTES`] and gives up
+//!   ("don't know": verify each candidate) rather than clear it.
 //!
-//! Cost: building is O(DFA size) after parsing (micro- to milliseconds); matching is one
-//! table lookup per key byte plus one for end of input, no allocation.
+//! Cost: building is O(DFA size) after parsing (tens of microseconds for a typical glob, a few
+//! milliseconds for Unicode classes; a dense build that overflows costs up to ~10 ms before
+//! the second tier takes over). Matching on the dense DFA is one table lookup per key byte
+//! plus one for end of input, no allocation; the second tier costs what `meta::Regex` costs.
 
 use regex_automata::dfa::{Automaton, StartKind, dense};
 use regex_automata::nfa::thompson::{self, WhichCaptures};
@@ -152,6 +158,7 @@ impl Compiled {
             .build_from_hir(anchored)
             .map_err(|e| nfa_error(&e, limit))?;
         let dense = match build_dense(&nfa, limit) {
+            _ if force_lazy() => None,
             Ok(dense) => Some(dense),
             Err(e) if e.is_size_limit_exceeded() => None,
             Err(e) => return Err(PatternError::Invalid(e.to_string())),
@@ -163,15 +170,24 @@ impl Compiled {
         let needs_regex =
             dense.is_none() || anchored.properties().look_set().contains_word_unicode();
         let fallback = if needs_regex {
+            // meta builds a forward and a reverse NFA, larger than the one checked above:
+            // allow it a few times the limit rather than refuse a pattern that already fits.
+            let config = meta::Config::new()
+                .which_captures(WhichCaptures::Implicit)
+                .nfa_size_limit(Some(limit.saturating_mul(META_NFA_FACTOR)));
             let regex = meta::Builder::new()
-                .configure(meta::Config::new().nfa_size_limit(Some(limit)))
+                .configure(config)
                 .build_from_hir(anchored)
                 .map_err(|e| meta_error(&e, limit))?;
             Some(regex)
         } else {
             None
         };
-        Ok(Compiled { dense, lazy, fallback })
+        Ok(Compiled {
+            dense,
+            lazy,
+            fallback,
+        })
     }
 
     /// The dense DFA, unless it did not fit in the limit.
@@ -236,17 +252,23 @@ impl Dense {
     }
 }
 
+#[cfg(test)]
+fn force_lazy() -> bool {
+    tests::FORCE_LAZY.with(std::cell::Cell::get)
+}
+
+#[cfg(not(test))]
+fn force_lazy() -> bool {
+    false
+}
+
+/// How much larger than `max_regex_bytes` the fallback regex's NFAs may be.
+const META_NFA_FACTOR: usize = 4;
+
 /// Cache bound of the lazy DFA of one fst search (allocated per search, freed after it).
 pub(crate) const LAZY_CACHE_BYTES: usize = 2 << 20;
 
 fn build_dense(nfa: &thompson::NFA, limit: usize) -> Result<Dense, dense::BuildError> {
-    #[cfg(test)]
-    if tests::FORCE_LAZY.with(std::cell::Cell::get) {
-        return dense::Builder::new()
-            .configure(dense::Config::new().dfa_size_limit(Some(0)))
-            .build_from_nfa(nfa)
-            .map(|_| unreachable!("a zero size limit cannot be met"));
-    }
     let dfa = dense::Builder::new()
         .configure(
             dense::Config::new()
@@ -259,7 +281,9 @@ fn build_dense(nfa: &thompson::NFA, limit: usize) -> Result<Dense, dense::BuildE
         .build_from_nfa(nfa)?;
     // An anchored start state exists by construction (`StartKind::Anchored`); the only other
     // failure is a quit byte in the look-behind, impossible at the start of a key.
-    let start = dfa.start_state(&start::Config::new().anchored(Anchored::Yes)).unwrap_or(DEAD);
+    let start = dfa
+        .start_state(&start::Config::new().anchored(Anchored::Yes))
+        .unwrap_or(DEAD);
     Ok(Dense { dfa, start })
 }
 

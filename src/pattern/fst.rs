@@ -14,11 +14,16 @@
 //! Results are always in byte order. `limit` caps the keys returned; the count (of
 //! [`Pattern::fst_search`]) is always the full number of matches.
 
+use std::cell::RefCell;
+
 use fst::{Automaton as FstAutomaton, IntoStreamer, Set, Streamer};
 use regex_automata::dfa::Automaton;
+use regex_automata::hybrid::LazyStateID;
 use regex_automata::util::primitives::StateID;
+use regex_automata::util::start;
+use regex_automata::{Anchored, hybrid};
 
-use super::compile::Compiled;
+use super::compile::Dense;
 use super::{Matcher, Pattern};
 
 /// Keys matched in an fst, capped, with the full count.
@@ -30,8 +35,8 @@ pub struct FstMatches {
     pub count: u64,
 }
 
-/// `fst::Automaton` over a compiled pattern's DFA.
-pub(crate) struct DfaAutomaton<'a>(pub(crate) &'a Compiled);
+/// `fst::Automaton` over a pattern's dense DFA.
+pub(crate) struct DfaAutomaton<'a>(pub(crate) &'a Dense);
 
 impl FstAutomaton for DfaAutomaton<'_> {
     type State = StateID;
@@ -56,6 +61,58 @@ impl FstAutomaton for DfaAutomaton<'_> {
         } else {
             self.0.dfa.next_state(*s, byte)
         }
+    }
+}
+
+/// `fst::Automaton` over a lazy DFA (patterns whose dense DFA is too big), with a cache
+/// private to one search. `None` is "don't know" (cache full, or a quit state): every key
+/// below it is a candidate the caller verifies with `Pattern::is_match`. The lazy DFA is
+/// configured never to clear its cache, so state ids held by the fst walk stay valid.
+pub(crate) struct LazyAutomaton<'a> {
+    dfa: &'a hybrid::dfa::DFA,
+    cache: RefCell<hybrid::dfa::Cache>,
+}
+
+impl<'a> LazyAutomaton<'a> {
+    pub(crate) fn new(dfa: &'a hybrid::dfa::DFA) -> Self {
+        LazyAutomaton {
+            dfa,
+            cache: RefCell::new(dfa.create_cache()),
+        }
+    }
+}
+
+impl FstAutomaton for LazyAutomaton<'_> {
+    type State = Option<LazyStateID>;
+
+    fn start(&self) -> Option<LazyStateID> {
+        let mut cache = self.cache.try_borrow_mut().ok()?;
+        let config = start::Config::new().anchored(Anchored::Yes);
+        self.dfa.start_state(&mut cache, &config).ok()
+    }
+
+    fn is_match(&self, s: &Option<LazyStateID>) -> bool {
+        match s {
+            Some(s) if !s.is_quit() => {
+                let Ok(mut cache) = self.cache.try_borrow_mut() else {
+                    return true;
+                };
+                self.dfa
+                    .next_eoi_state(&mut cache, *s)
+                    .map_or(true, |eoi| eoi.is_match())
+            }
+            _ => true,
+        }
+    }
+
+    fn can_match(&self, s: &Option<LazyStateID>) -> bool {
+        s.is_none_or(|s| !s.is_dead())
+    }
+
+    fn accept(&self, s: &Option<LazyStateID>, byte: u8) -> Option<LazyStateID> {
+        let s = s.filter(|s| !s.is_quit())?;
+        let mut cache = self.cache.try_borrow_mut().ok()?;
+        self.dfa.next_state(&mut cache, s, byte).ok()
     }
 }
 
@@ -171,19 +228,36 @@ impl Pattern {
                 }
             }
             Matcher::Dfa(compiled) => {
-                let verify = compiled.has_fallback();
-                let mut stream = forward.search(DfaAutomaton(compiled)).into_stream();
-                while let Some(key) = stream.next() {
-                    if verify && !compiled.is_match(key) {
-                        continue;
-                    }
-                    if !out.push(key) {
-                        break;
-                    }
+                let verified = |key: &[u8]| !compiled.needs_verify() || compiled.is_match(key);
+                let mut visit = |key: &[u8]| !verified(key) || out.push(key);
+                match (compiled.dense(), compiled.lazy()) {
+                    (Some(dense), _) => walk(
+                        forward.search(DfaAutomaton(dense)).into_stream(),
+                        &mut visit,
+                    ),
+                    (None, Some(lazy)) => walk(
+                        forward.search(LazyAutomaton::new(lazy)).into_stream(),
+                        &mut visit,
+                    ),
+                    // Unreachable by construction (one of the two is always built); a full
+                    // scan verified key by key is still correct.
+                    (None, None) => walk(forward.stream(), &mut visit),
                 }
             }
         }
         out.finish()
+    }
+}
+
+/// Feed every key of a stream to `f` until it says stop.
+fn walk<S>(mut stream: S, f: &mut impl FnMut(&[u8]) -> bool)
+where
+    S: for<'a> Streamer<'a, Item = &'a [u8]>,
+{
+    while let Some(key) = stream.next() {
+        if !f(key) {
+            break;
+        }
     }
 }
 

@@ -3,11 +3,20 @@
 //! A [`Pattern`] is built once (usually through the [`PatternCache`]) and then shared as
 //! `Arc<Pattern>` by the HTTP layer, the subscription index and the fan-out. It is immutable.
 //!
-//! Pipeline: [`parse`] validates the text and decides its type and shape (escapes,
-//! inference, explicit types); [`compile`] turns globs and regexes into one anchored dense
-//! DFA each; [`fst`] resolves a pattern against an fst of tracked keys without scanning
-//! them all; [`overlap`] decides whether two patterns can match a common key; [`cache`] is the
-//! bounded LRU of compiled patterns.
+//! Files: `parse.rs` validates the text and decides its type and shape (escapes, inference,
+//! explicit types); `compile.rs` turns globs and regexes into an anchored dense DFA each (with
+//! a second tier for the rare pattern whose DFA would be too big); `fst.rs` resolves a pattern
+//! against fst sets of tracked keys without scanning them all; `overlap.rs` decides whether two
+//! patterns can match a common key; `cache.rs` is the bounded LRU of compiled patterns.
+//!
+//! Decisions where SPEC leaves room:
+//! - Escapes: `\*`, `\?` and `\\` are literal characters; any other backslash is itself a
+//!   literal (so `C:\dir` needs no escaping). An explicit `exact`, `prefix` or `suffix` takes
+//!   the text verbatim (no escapes: with no wildcard nothing needs escaping), except that a
+//!   `prefix` drops one trailing `*` and a `suffix` one leading `*`.
+//! - Regex is Rust `regex` syntax with its Unicode semantics (`\w`, `.` and `?` in globs are
+//!   about characters, not bytes), matched against the whole key.
+//! - Refusals are cached like compiled patterns (see `cache.rs`).
 //!
 //! Invariants:
 //! - Matching is whole-key: a key matches when the pattern's key set contains it, never when
@@ -16,12 +25,17 @@
 //!   with an explicit `glob` type) is matched as a prefix, so string operations and fst ranges
 //!   serve it. [`Pattern::kind`] still reports what the client asked for;
 //!   [`Pattern::effective_kind`] reports the matcher.
-//! - Exact, prefix and suffix never build an automaton: a pattern costs its text, plus the
-//!   DFA for a glob or regex (bounded by `max_regex_bytes`).
+//! - Exact, prefix and suffix never build an automaton: such a pattern costs its text. A glob
+//!   or regex holds a dense DFA of at most `max_regex_bytes` (typically 2-4 KiB; Unicode
+//!   classes such as `\w` cost 100 KiB-1 MiB), or the second tier.
 //! - Every answer that cannot be decided exactly errs on the side of "may match"
 //!   ([`Pattern::may_overlap`] true, [`Pattern::confined_to`] false): over-delivering an
 //!   invalidation is allowed, missing one is not, and neither is letting a restricted token out
 //!   of its prefixes.
+//!
+//! Costs (release build, this 2-core machine, `cargo bench --bench pattern`): see the
+//! benchmark file; in short, `is_match` takes 2-5 ns for literal types and ~20 ns for a
+//! 20-byte key on a DFA, a cache hit ~50 ns, compiling a glob ~50 us.
 
 mod cache;
 mod compile;
@@ -245,6 +259,17 @@ impl Pattern {
     /// whole key is then exactly this pattern's match. None for exact, prefix and suffix.
     pub fn regex_source(&self) -> Option<&str> {
         self.regex_source.as_deref()
+    }
+
+    /// Heap bytes of this pattern's dense DFA: None for exact, prefix and suffix matchers, and
+    /// for a glob or regex whose dense DFA would exceed `max_regex_bytes` (it is matched by a
+    /// second-tier engine instead). A multi-pattern DFA over [`Pattern::regex_source`] should
+    /// leave the latter out: they would blow it up too.
+    pub fn dense_dfa_bytes(&self) -> Option<usize> {
+        match &self.matcher {
+            Matcher::Dfa(c) => c.dense().map(|d| d.dfa.memory_usage()),
+            Matcher::Exact(_) | Matcher::Prefix(_) | Matcher::Suffix(_) => None,
+        }
     }
 
     /// Longest literal every matching key starts with ("" when there is none). Exact and

@@ -22,7 +22,7 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use regex_automata::dfa::Automaton;
 use regex_automata::util::primitives::StateID;
 
-use super::compile::Compiled;
+use super::compile::Dense;
 use super::{Matcher, Pattern};
 
 /// Most state pairs the product search visits before answering "may overlap".
@@ -43,13 +43,17 @@ pub(crate) fn may_overlap(a: &Pattern, b: &Pattern) -> bool {
         (Prefix(x), Prefix(y)) => x.starts_with(y.as_str()) || y.starts_with(x.as_str()),
         (Suffix(x), Suffix(y)) => x.ends_with(y.as_str()) || y.ends_with(x.as_str()),
         (Prefix(_), Suffix(_)) | (Suffix(_), Prefix(_)) => true,
-        (Dfa(x), Dfa(y)) => product_nonempty(&DfaWalk(x), &DfaWalk(y)),
-        (Dfa(x), Prefix(p)) | (Prefix(p), Dfa(x)) => {
-            product_nonempty(&DfaWalk(x), &LitWalk::prefix(p.as_bytes()))
-        }
-        (Dfa(x), Suffix(s)) | (Suffix(s), Dfa(x)) => {
-            product_nonempty(&DfaWalk(x), &LitWalk::suffix(s.as_bytes()))
-        }
+        // Without a dense DFA (too big to build) there is nothing cheap to walk: "maybe".
+        (Dfa(x), Dfa(y)) => match (x.dense(), y.dense()) {
+            (Some(x), Some(y)) => product_nonempty(&DfaWalk(x), &DfaWalk(y)),
+            _ => true,
+        },
+        (Dfa(x), Prefix(p)) | (Prefix(p), Dfa(x)) => x
+            .dense()
+            .is_none_or(|x| product_nonempty(&DfaWalk(x), &LitWalk::prefix(p.as_bytes()))),
+        (Dfa(x), Suffix(s)) | (Suffix(s), Dfa(x)) => x
+            .dense()
+            .is_none_or(|x| product_nonempty(&DfaWalk(x), &LitWalk::suffix(s.as_bytes()))),
     }
 }
 
@@ -69,7 +73,7 @@ trait Walk {
     fn class_count(&self) -> usize;
 }
 
-struct DfaWalk<'a>(&'a Compiled);
+struct DfaWalk<'a>(&'a Dense);
 
 impl Walk for DfaWalk<'_> {
     type State = StateID;

@@ -249,7 +249,7 @@ fn huge_regexes_are_too_big() {
         r"\w{500}",
         r"[a-z]{1000}{100}",
         r"(\w+\s+){50}\w",
-        "(a|b|c)*a(a|b|c){30}",
+        "(?:a{1000}){1000}",
     ] {
         match err(huge, Some(PatternType::Regex)) {
             PatternError::TooBig { limit, message } => {
@@ -264,12 +264,43 @@ fn huge_regexes_are_too_big() {
     let collapsing = px("(a|b|c)*{1000}", PatternType::Regex);
     assert!(collapsing.is_match("abcabc") && !collapsing.is_match("abd"));
     assert!(collapsing.memory_usage() < 64 << 10);
+    // An exponential DFA over a small NFA is matched by the lazy DFA instead of refused.
+    let exponential = px("(a|b|c)*a(a|b|c){30}", PatternType::Regex);
+    let key = format!("ccca{}", "b".repeat(30));
+    assert!(exponential.is_match(&key) && !exponential.is_match(&key[..key.len() - 1]));
     let small = PatternLimits {
         max_pattern_bytes: 1024,
-        max_regex_bytes: 4096,
+        max_regex_bytes: 64,
     };
     let e = Pattern::parse("*a?????????", None, &small).unwrap_err();
     assert!(matches!(e, PatternError::TooBig { .. }), "{e:?}");
+}
+
+#[test]
+fn dense_too_big_falls_back_to_a_lazy_dfa() {
+    let pat = px(r"s:\w{32}", PatternType::Regex);
+    let key = format!("s:{}", "é".repeat(31) + "a");
+    assert!(pat.is_match(&key));
+    assert!(!pat.is_match(&format!("s:{}", "a".repeat(31))));
+    assert!(!pat.is_match(&format!("s:{}-", "a".repeat(31))));
+    let keys: BTreeSet<String> = [
+        key.clone(),
+        "s:x".into(),
+        format!("s:{}", "b".repeat(32)),
+        "t:1".into(),
+    ]
+    .into_iter()
+    .collect();
+    let (f, r) = sets(&keys);
+    assert_eq!(pat.fst_search(&f, &r, None).count, 2);
+    assert!(pat.may_overlap(&p("s:*")));
+    assert_eq!(pat.dense_dfa_bytes(), None);
+    assert!(p("a*b").dense_dfa_bytes().is_some_and(|b| b > 0));
+    assert_eq!(p("a*").dense_dfa_bytes(), None);
+    assert!(!pat.may_overlap(&p("t:*")), "decided by literal prefixes");
+    let glob = with_lazy(|| p("a*b?c"));
+    assert!(glob.is_match("axxbéc") && !glob.is_match("abc"));
+    assert!(glob.may_overlap(&p("a*")));
 }
 
 #[test]
@@ -514,6 +545,14 @@ fn universe() -> Vec<String> {
     all
 }
 
+/// Build with the lazy DFA standing in for the dense one, as for a pattern too big for it.
+fn with_lazy<T>(f: impl FnOnce() -> T) -> T {
+    compile::tests::FORCE_LAZY.with(|c| c.set(true));
+    let out = f();
+    compile::tests::FORCE_LAZY.with(|c| c.set(false));
+    out
+}
+
 fn parse_any(source: &str, explicit: Option<PatternType>) -> Pattern {
     Pattern::parse(source, explicit, &PatternLimits::default()).unwrap()
 }
@@ -575,6 +614,17 @@ proptest! {
     }
 
     #[test]
+    fn lazy_dfa_matches_the_reference((source, explicit) in pattern_strategy(), keys in proptest::collection::btree_set(key_strategy(), 0..40)) {
+        let pat = with_lazy(|| parse_any(&source, explicit));
+        let (f, r) = sets(&keys);
+        let expected: Vec<String> = keys.iter().filter(|k| reference_match(&source, explicit, k)).cloned().collect();
+        for key in &keys {
+            prop_assert_eq!(pat.is_match(key), expected.contains(key), "{} {:?} {}", source, explicit, key);
+        }
+        prop_assert_eq!(pat.fst_matches(&f, &r, None), expected);
+    }
+
+    #[test]
     fn fst_matches_equal_a_linear_scan(
         (source, explicit) in pattern_strategy(),
         keys in proptest::collection::btree_set(key_strategy(), 0..60),
@@ -602,6 +652,8 @@ fn print_sizes() {
         (r"user:[0-9]+:(profile|settings)", Some(PatternType::Regex)),
         (r".*", Some(PatternType::Regex)),
         (r"\w{20}", Some(PatternType::Regex)),
+        (r"user:\w{6}:settings", Some(PatternType::Regex)),
+        (r"user:\w{10}", Some(PatternType::Regex)),
         (r"\w{50}", Some(PatternType::Regex)),
         (r"[^:]+:\w+:\d{1,10}", Some(PatternType::Regex)),
         (r"(?i)user:[a-zé]+", Some(PatternType::Regex)),

@@ -20,6 +20,7 @@
 //! the reply. `resume` follows the cut protocol documented in [`crate::fanout`].
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -73,7 +74,9 @@ where
         subs: Vec::new(),
         out: Vec::with_capacity(16 * 1024),
         heartbeat,
-        idle_deadline: Instant::now() + heartbeat,
+        last_write: Instant::now(),
+        timer: Box::pin(sleep_until(Instant::now() + heartbeat)),
+        ws_pending: false,
         live_sent: Some(Vec::new()),
     };
     let end = session.run().await;
@@ -109,7 +112,13 @@ struct Session<S> {
     /// The batch being written.
     out: Vec<u8>,
     heartbeat: Duration,
-    idle_deadline: Instant,
+    /// When the last batch was written; the heartbeat is due `heartbeat` after it.
+    last_write: Instant,
+    /// Fires at the heartbeat deadline. Re-armed only when it fires (a write just moves
+    /// `last_write`), so the hot path never touches the timer wheel.
+    timer: Pin<Box<Sleep>>,
+    /// tungstenite may hold an automatic pong to write (a ping was read since the last flush).
+    ws_pending: bool,
     /// `seq`s of live events written before the first `resume`, ascending.
     live_sent: Option<Vec<u64>>,
 }
@@ -137,7 +146,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 biased;
                 _ = conn.woken() => self.drain_batch().await.map_err(End::from),
                 msg = self.ws.next() => self.on_message(msg).await,
-                _ = sleep_until(self.idle_deadline) => self.send_heartbeat().await.map_err(End::from),
+                _ = &mut self.timer => self.on_timer().await.map_err(End::from),
             };
             if let Err(end) = step {
                 return end;
@@ -166,6 +175,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(End::ClientClosed)
             }
             // Pings are answered by tungstenite on the next read or flush.
+            Some(Ok(Message::Ping(_))) => {
+                self.ws_pending = true;
+                Ok(())
+            }
             Some(Ok(_)) => Ok(()),
         }
     }
@@ -450,6 +463,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.flush_out().await
     }
 
+    async fn on_timer(&mut self) -> io::Result<()> {
+        let due = self.last_write + self.heartbeat;
+        if Instant::now() >= due {
+            self.send_heartbeat().await?;
+        }
+        let next = self.last_write + self.heartbeat;
+        self.timer.as_mut().reset(next);
+        Ok(())
+    }
+
     async fn send_heartbeat(&mut self) -> io::Result<()> {
         let seq = self.position();
         self.push_reply(&Reply::Heartbeat { seq }, None);
@@ -476,8 +499,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.out.is_empty() {
             return Ok(());
         }
-        // tungstenite may hold an automatic pong or close reply: it goes first, whole.
-        self.ws.flush().await.map_err(io::Error::other)?;
+        // tungstenite may hold an automatic pong: it goes first, whole.
+        if self.ws_pending {
+            self.ws.flush().await.map_err(io::Error::other)?;
+            self.ws_pending = false;
+        }
         let conn = self.conn.clone();
         let io = self.ws.get_mut();
         let write = io.write_all(&self.out);
@@ -491,7 +517,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         io.flush().await?;
         self.out.clear();
-        self.idle_deadline = Instant::now() + self.heartbeat;
+        self.last_write = Instant::now();
         Ok(())
     }
 

@@ -79,10 +79,18 @@ where
 
 fn socket_config(hub: &Hub) -> WebSocketConfig {
     let max = hub.limits().max_ws_frame_bytes;
+    // tungstenite zero-fills its whole read buffer before every read attempt, and the task
+    // polls the socket after every outbox drain: with the 128 KiB default that memset was
+    // more than half of the server's CPU under fan-out (perf). Client frames are small
+    // operations; a large one still arrives (the buffer grows for it).
     WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }
+
+/// tungstenite's read buffer per connection (see `socket_config`).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// The `Sec-WebSocket-Key` of a valid version-13 upgrade request.
 fn check_handshake(headers: &HeaderMap) -> Result<&str, ApiError> {
