@@ -112,7 +112,8 @@ async fn subscriber(
     // tungstenite zero-fills its whole read buffer before every read: keep it small, or the
     // 1000 clients' memsets dominate the machine the server shares with them.
     let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(req, Some(config), false).await?;
     ws.send(Message::text(
         json!({"op": "subscribe", "patterns": [pattern]}).to_string(),
     ))
@@ -131,10 +132,10 @@ async fn subscriber(
     }
     Ok(tokio::spawn(async move {
         while let Some(Ok(msg)) = ws.next().await {
-            if let Message::Text(t) = msg {
-                if let Some(i) = event_index(t.as_str()) {
-                    board.record(i);
-                }
+            if let Message::Text(t) = msg
+                && let Some(i) = event_index(t.as_str())
+            {
+                board.record(i);
             }
         }
     }))

@@ -17,6 +17,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "invalidator-load", about = "Load generator for invalidator")]
 struct Cli {
+    /// Tokio worker threads of the generator (it shares the machine with the server).
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -29,13 +32,25 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.scenario {
-        Scenario::Keys(a) => keys::run(a).await,
-        Scenario::Fanout(a) => fanout::run(a).await,
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("invalidator-load: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
     };
+    let result = runtime.block_on(async {
+        match cli.scenario {
+            Scenario::Keys(a) => keys::run(a).await,
+            Scenario::Fanout(a) => fanout::run(a).await,
+        }
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

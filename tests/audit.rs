@@ -1093,3 +1093,34 @@ async fn server_rows_match_api_calls_and_filters() {
     let (st, v) = server.get_json("/audit/logs?since=garbage", None).await;
     assert_eq!((st, v["error"]["field"].clone()), (400, json!("since")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_accepts_while_database_is_down_then_catches_up() {
+    let db = PgDb::create().await;
+    let proxy = Proxy::start(false).await;
+    let mut server = common::TestServer::builder()
+        .arg("--database-url")
+        .arg(db.url_via(proxy.addr))
+        .start()
+        .await;
+    let (st, _) = server.get("/readyz", None).await;
+    assert_eq!(st, 503, "store unreachable: not ready");
+    let posted = post_many(server.addr, 200, 4).await;
+    assert_eq!(posted.len(), 200);
+    proxy.restore();
+    let mut ready = false;
+    for _ in 0..300 {
+        if server.get("/readyz", None).await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "ready once the database appears");
+    assert_eq!(server.sigterm(), 0);
+    let sent: HashSet<String> = posted.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(pg_request_ids(&db).await, sent);
+    assert_eq!(pg_count(&db).await, 200);
+    drop(proxy);
+    db.drop_db().await;
+}

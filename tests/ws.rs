@@ -846,7 +846,12 @@ async fn fanout_load_scenario_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run explicitly"]
 async fn fanout_benchmark() {
-    let env = |k: &str, d: u64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
     let s = TestServer::start().await;
     let args = load::fanout::FanoutArgs {
         url: format!("http://{}", s.addr),
@@ -861,4 +866,56 @@ async fn fanout_benchmark() {
         json: None,
     };
     load::fanout::run(args).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_oversized_client_frame_closes_with_1009() {
+    let s = TestServer::builder()
+        .config_toml("[limits]\nmax_ws_frame_bytes = 1024\n")
+        .start()
+        .await;
+    let mut c = Ws::connect(&s).await;
+    let big = json!({"op": "track", "keys": ["k".repeat(4000)]});
+    c.ws.send(Message::text(big.to_string())).await.unwrap();
+    let mut code = None;
+    while let Ok(Some(Ok(msg))) = timeout(WAIT, c.ws.next()).await {
+        if let Message::Close(f) = msg {
+            code = f.map(|f| u16::from(f.code));
+            break;
+        }
+    }
+    assert_eq!(code, Some(1009));
+    // The server is fine.
+    let mut d = Ws::connect(&s).await;
+    assert_eq!(d.request(json!({"op": "ping"})).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_disconnect_forgets_interests() {
+    let s = TestServer::start().await;
+    let mut c = Ws::connect(&s).await;
+    c.subscribe(json!(["a:*", {"pattern": "b:1", "pattern_type": "exact"}]))
+        .await;
+    let r = c
+        .request(json!({"op": "unsubscribe", "patterns": ["a:*"]}))
+        .await;
+    assert_eq!(
+        r["patterns"],
+        json!([{"pattern": "b:1", "pattern_type": "exact"}])
+    );
+    post_keys(&s, &["a:1"], None).await;
+    assert!(c.events_until_pong().await.is_empty());
+    c.request(json!({"op": "track", "keys": ["t"]})).await;
+    drop(c);
+    let mut m = Value::Null;
+    for _ in 0..50 {
+        m = s.get_json("/invalidate/metrics", None).await.1;
+        if m["connections"]["active"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(m["connections"]["active"], 0, "{m}");
+    assert_eq!(m["index"]["subscriptions"], 0, "{m}");
+    assert_eq!(m["index"]["tracked_keys"], 0, "{m}");
 }

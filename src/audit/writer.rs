@@ -94,7 +94,7 @@ impl Writer {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let receiving = self.stuck.is_empty();
-            let room = batch - buf.len();
+            let room = batch.saturating_sub(buf.len()).max(1);
             tokio::select! {
                 biased;
                 _ = self.stop.changed() => break,
@@ -240,7 +240,7 @@ impl Writer {
         self.next_attempt = Instant::now() + self.backoff;
         let max =
             Duration::from_millis(self.cfg.retry_max_ms.max(self.cfg.retry_initial_ms).max(1));
-        self.backoff = (self.backoff * 2).min(max);
+        self.backoff = self.backoff.saturating_mul(2).min(max);
     }
 
     /// Append to the spool off the runtime threads (fsync blocks).
@@ -265,13 +265,12 @@ impl Writer {
 
     /// Per tick: connect, retry stuck rows, check health, replay the spool.
     async fn maintain(&mut self) {
-        if !self.probe_done() {
-            return;
-        }
+        let up = self.probe_done();
         if !self.stuck.is_empty() {
+            // Store if it is up, else the spool again (it may have room by now).
             self.deliver(Vec::new()).await;
         }
-        if self.healthy && self.shared.spooled.load(Ordering::Relaxed) > 0 {
+        if up && self.healthy && self.shared.spooled.load(Ordering::Relaxed) > 0 {
             self.replay_some(Instant::now() + REPLAY_SLICE).await;
         }
     }

@@ -232,7 +232,10 @@ pub(crate) mod tests {
         Target::Keys(v.iter().map(|s| s.to_string()).collect())
     }
 
-    fn summary(slots: &[Slot]) -> BTreeMap<ConnId, (Vec<u32>, Vec<u32>, Vec<String>)> {
+    /// Per connection: (keys, taken, names).
+    type Summary = BTreeMap<ConnId, (Vec<u32>, Vec<u32>, Vec<String>)>;
+
+    fn summary(slots: &[Slot]) -> Summary {
         slots
             .iter()
             .map(|s| (s.conn, (s.keys.clone(), s.taken.clone(), s.names.clone())))

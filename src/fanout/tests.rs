@@ -250,3 +250,89 @@ fn unregister_forgets_interests_and_close_all_refuses_new_connections() {
     assert!(hub.register(open()).is_none());
     assert_eq!(json!(s.connections_total), json!(1));
 }
+
+mod prop {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        proptest::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..4)
+            .prop_map(|segs| segs.join(":"))
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        prop_oneof![
+            key(),
+            key().prop_map(|k| format!("{k}*")),
+            key().prop_map(|k| format!("*{k}")),
+            key().prop_map(|k| k.replacen('b', "?", 1)),
+            key().prop_map(|k| format!("{}*", k.replacen('a', "?", 1))),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    struct ConnSpec {
+        patterns: Vec<String>,
+        tracked: Vec<String>,
+    }
+
+    fn conn_spec() -> impl Strategy<Value = ConnSpec> {
+        (
+            proptest::collection::vec(pattern(), 0..3),
+            proptest::collection::vec(key(), 0..3),
+        )
+            .prop_map(|(patterns, tracked)| ConnSpec { patterns, tracked })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// The hub (real indexes) delivers exactly what a linear scan says: per connection,
+        /// the matching or tracked keys in request order, each once; tracking is consumed.
+        #[test]
+        fn key_routing_matches_a_linear_scan(
+            specs in proptest::collection::vec(conn_spec(), 1..5),
+            raw_keys in proptest::collection::vec(key(), 1..6),
+        ) {
+            let hub = hub();
+            let mut keys: Vec<String> = Vec::new();
+            for k in raw_keys {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            let conns: Vec<_> = specs.iter().map(|_| hub.register(open()).unwrap()).collect();
+            let mut compiled = Vec::new();
+            for (c, spec) in conns.iter().zip(&specs) {
+                let ps: Vec<_> = spec.patterns.iter().map(|p| pat(p, None)).collect();
+                for p in &ps {
+                    hub.subscribe(c, p.clone());
+                }
+                hub.track(c, spec.tracked.iter().map(String::as_str));
+                compiled.push(ps);
+            }
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            hub.publish(key_inv(1, &refs));
+            for ((c, spec), ps) in conns.iter().zip(&specs).zip(&compiled) {
+                let want: Vec<String> = keys
+                    .iter()
+                    .filter(|k| spec.tracked.contains(k) || ps.iter().any(|p| p.is_match(k)))
+                    .cloned()
+                    .collect();
+                let got = events(c);
+                if want.is_empty() {
+                    prop_assert!(got.is_empty(), "{:?}", got);
+                } else {
+                    prop_assert_eq!(got.len(), 1);
+                    prop_assert_eq!(keys_of(&got[0]), want);
+                }
+                let left: BTreeSet<&String> =
+                    spec.tracked.iter().filter(|k| !keys.contains(k)).collect();
+                prop_assert_eq!(hub.tracked_count(c), left.len());
+            }
+        }
+    }
+}

@@ -53,14 +53,18 @@ pub(crate) struct AutoSet {
 }
 
 impl AutoSet {
-    /// Compile `items` (slot, whole-key regex source, whether the source is byte-level).
-    /// Never fails: what cannot be compiled is loose.
-    pub(crate) fn build(items: &[(u32, String, bool)]) -> AutoSet {
+    /// Compile `items` (slot, whole-key regex source and whether it is byte-level; None for
+    /// a pattern without a regex source). Never fails: what cannot be compiled is loose.
+    pub(crate) fn build(items: &[(u32, Option<(String, bool)>)]) -> AutoSet {
         let mut set = AutoSet::default();
         let mut bytes: Vec<(u32, String)> = Vec::new();
         let mut ascii: Vec<(u32, String)> = Vec::new();
-        for (slot, source, byte_level) in items {
+        for (slot, source) in items {
             set.covered.push(*slot);
+            let Some((source, byte_level)) = source else {
+                set.loose.push(*slot);
+                continue;
+            };
             let wrapped = format!("(?:{source})\\z");
             match (*byte_level, dfa_safe(source, *byte_level)) {
                 (_, false) => set.loose.push(*slot),
@@ -224,10 +228,10 @@ mod tests {
     #[test]
     fn whole_key_overlapping_matches() {
         let set = AutoSet::build(&[
-            (7, "user:[0-9]+".to_string(), false),
-            (9, "^user:(?s-u:.)*$".to_string(), true),
-            (3, "order".to_string(), false),
-            (4, "\\p{Greek}+".to_string(), false),
+            (7, Some(("user:[0-9]+".to_string(), false))),
+            (9, Some(("^user:(?s-u:.)*$".to_string(), true))),
+            (3, Some(("order".to_string(), false))),
+            (4, Some(("\\p{Greek}+".to_string(), false))),
         ]);
         assert_eq!(set.group_count(), 2);
         assert_eq!(hits(&set, "user:12"), (vec![7, 9], vec![4]));

@@ -3,38 +3,51 @@
 //!
 //! # Design
 //!
-//! * One entry per distinct pattern (same source and type), holding the list of subscribed
-//!   connections (reference counting by list); `per_conn` lists each connection's entries so
-//!   `remove_conn` touches only what the connection had.
+//! * One entry per distinct pattern (same type, source and effective literal), holding the
+//!   list of subscribed connections (reference counting by list); `per_conn` lists each
+//!   connection's entries so `remove_conn` touches only what the connection had.
 //! * Exact keys and prefixes go into the forward [`Trie`], suffixes into the trie of reversed
 //!   bytes; exact keys go into both (the reversed copy answers "which exact subscriptions end
-//!   with this suffix" for suffix invalidations).
+//!   with this suffix" for suffix invalidations). Classes are the pattern's *effective* ones
+//!   (an explicit glob `user:*` is indexed as a prefix).
 //! * Globs and regexes get a slot. An immutable [`AutoSet`] (multi-pattern dense DFAs) covers
 //!   the slots that existed at its last build; newer slots are "pending" and checked one by
 //!   one with `Pattern::is_match`. When the pending list reaches [`PENDING_LIMIT`] (or many
 //!   slots died), a background thread rebuilds the set from a snapshot and installs it under
-//!   the write lock; [`SubscriptionIndex::maintain`] does the same for a periodic tick. A slot
-//!   is reused only after it died and an installed set no longer covers it, so a DFA pattern id
-//!   never points at another pattern.
+//!   the write lock (an `Arc` swap); [`SubscriptionIndex::maintain`] does the same for a
+//!   periodic tick. A slot is reused only after it died and an installed set no longer covers
+//!   it, so a DFA pattern id never points at another pattern.
+//! * Each slot also keeps the literal start and end of the keys its pattern matches, so a
+//!   pattern invalidation calls `may_overlap` (an automaton product search, microseconds) only
+//!   on subscriptions whose literal bounds are compatible with its own.
 //!
-//! # Costs (L = key length, m = matching subscriptions, G = glob/regex DFA groups, P = pending)
+//! Why a lock and not only `ArcSwap`: the trie, the entries and the pending list must change
+//! together with each subscribe, and a reader must never see a new DFA set without the
+//! matching pending list. One `parking_lot::RwLock` with short critical sections gives that;
+//! the expensive part (compiling DFAs) runs outside it and is installed by a pointer swap.
 //!
-//! * `match_key`: O(L log 256) per trie + O(G·L) DFA walk + P `is_match` calls + O(m). A
-//!   non-ASCII key checks the user regexes with `is_match` (see `automata.rs`).
+//! # Costs (L = key length, m = matching subscriptions, G = glob/regex DFA groups, P = pending,
+//! E = distinct patterns)
+//!
+//! * `match_key`: O(L) per trie (a bit test per byte) + at most one table lookup per byte per
+//!   DFA group + P `is_match` calls + O(m). No allocation besides `out`. A non-ASCII key
+//!   checks the user regexes with `is_match` (see `automata.rs`). Measured: ~40-55 ns at
+//!   10,000 patterns (benches/index.rs).
 //! * `match_pattern`: exact → `match_key`; prefix `p` → one trie walk over `p`, the trie under
-//!   `p`, every suffix subscription (a prefix and a suffix always overlap) and `may_overlap`
-//!   per glob/regex subscription; suffix likewise mirrored; glob/regex → a scan of the
-//!   subscriptions with `is_match`/`may_overlap` (pruned by the pattern's literal prefix).
-//! * `subscribe`/`unsubscribe`: O(length) trie update + O(c) in the entry's connection list.
-//! * Memory: the patterns, one trie node per distinct byte-prefix, about 1 KiB of DFA per
-//!   glob/regex (NOTES.md: 500 regexes < 1 MiB).
+//!   `p`, every suffix subscription (a prefix and a suffix always overlap: an O(E) scan of the
+//!   entries) and `may_overlap` per glob/regex subscription with compatible bounds; suffix
+//!   likewise mirrored; glob/regex → an O(E) scan deciding exact keys with `is_match` and the
+//!   rest with `may_overlap` (pruned by literal bounds).
+//! * `subscribe`/`unsubscribe`: O(length) trie update + O(c) in the entry's connection list;
+//!   a glob/regex also parses its regex once (literal bounds), outside the lock.
+//! * Memory: the patterns, one trie node (~110 bytes) per distinct byte-prefix of the
+//!   literals, about 1 KiB of DFA per glob/regex (NOTES.md: 500 regexes < 1 MiB).
 //!
 //! # Invariants
 //!
 //! * `len` = Σ over entries of their connection count = Σ over `per_conn` of set sizes.
 //! * A live slot is either covered by `built` or in `pending` (possibly both for a moment).
-//! * Readers see a consistent state: everything is behind one `RwLock`; the rebuild swaps the
-//!   `Arc<AutoSet>` and prunes `pending` in the same write-locked step.
+//! * A dead slot stays out of `free_slots` until an installed set no longer covers it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -138,10 +151,6 @@ struct State {
     fwd: Trie,
     /// Reversed exact keys (`Exact`) and reversed suffixes (`Wild`).
     rev: Trie,
-    /// Entries by class, for the "every suffix overlaps a prefix" cases and pattern scans.
-    prefixes: HashSet<EntryKey>,
-    suffixes: HashSet<EntryKey>,
-    exacts: HashSet<EntryKey>,
     slots: Vec<Option<AutoSlot>>,
     live_slots: usize,
     free_slots: Vec<u32>,
@@ -326,14 +335,17 @@ impl SubscriptionIndex {
 impl Inner {
     fn rebuild(&self) {
         let _build = self.build.lock();
-        let items: Vec<(u32, String, bool)> = {
+        let items: Vec<(u32, Option<(String, bool)>)> = {
             let st = self.state.read();
             st.slots
                 .iter()
                 .enumerate()
                 .filter_map(|(i, s)| {
-                    let (source, byte_level) = regex_source(&s.as_ref()?.pattern)?;
-                    Some((i as u32, source.to_string(), byte_level))
+                    let source = regex_source(&s.as_ref()?.pattern);
+                    Some((
+                        i as u32,
+                        source.map(|(src, bytes)| (src.to_string(), bytes)),
+                    ))
                 })
                 .collect()
         };
@@ -386,9 +398,6 @@ impl State {
             vec![conn]
         };
         self.trie_insert(class, &literal, conn);
-        if let Some(set) = self.class_set(class) {
-            set.insert(key.clone());
-        }
         self.entries.insert(
             key,
             Entry {
@@ -445,9 +454,6 @@ impl State {
         self.trie_remove(class, &literal, conn);
         if now_empty {
             self.entries.remove(key);
-            if let Some(set) = self.class_set(class) {
-                set.remove(key);
-            }
             if let Some(slot) = slot {
                 if let Some(s) = self.slots.get_mut(slot as usize) {
                     *s = None;
@@ -457,15 +463,6 @@ impl State {
                 // Not reusable yet: the installed (or a building) DFA set may still name it.
                 self.dead_slots.push(slot);
             }
-        }
-    }
-
-    fn class_set(&mut self, class: Class) -> Option<&mut HashSet<EntryKey>> {
-        match class {
-            Class::Exact => Some(&mut self.exacts),
-            Class::Prefix => Some(&mut self.prefixes),
-            Class::Suffix => Some(&mut self.suffixes),
-            Class::Auto => None,
         }
     }
 
@@ -535,11 +532,11 @@ impl State {
         }
     }
 
-    fn push_entries(&self, keys: &HashSet<EntryKey>, out: &mut Vec<ConnId>) {
-        for key in keys {
-            if let Some(e) = self.entries.get(key) {
-                out.extend_from_slice(&e.conns);
-            }
+    /// Push every connection subscribed to a pattern of `class` (a scan of the entries:
+    /// sequential and hash-free, cheaper than a walk over the trie).
+    fn push_class(&self, class: Class, out: &mut Vec<ConnId>) {
+        for e in self.entries.values().filter(|e| e.class == class) {
+            out.extend_from_slice(&e.conns);
         }
     }
 
@@ -549,7 +546,7 @@ impl State {
         if let Some(node) = self.fwd.walk(prefix.bytes(), false, out) {
             self.fwd.collect_subtree(node, true, true, out);
         }
-        self.push_entries(&self.suffixes, out);
+        self.push_class(Class::Suffix, out);
         self.match_slots_overlapping(pattern, prefix.as_bytes(), b"", out);
     }
 
@@ -558,7 +555,7 @@ impl State {
         if let Some(node) = self.rev.walk(suffix.bytes().rev(), false, out) {
             self.rev.collect_subtree(node, true, true, out);
         }
-        self.push_entries(&self.prefixes, out);
+        self.push_class(Class::Prefix, out);
         self.match_slots_overlapping(pattern, b"", suffix.as_bytes(), out);
     }
 
@@ -568,28 +565,22 @@ impl State {
     fn match_auto(&self, pattern: &Pattern, out: &mut Vec<ConnId>) {
         let start = literal_prefix(pattern);
         let end = literal_suffix(pattern);
-        for key in &self.exacts {
-            if let Some(e) = self.entries.get(key)
-                && e.literal.starts_with(start)
-                && e.literal.as_bytes().ends_with(&end)
-                && pattern.is_match(&e.literal)
-            {
-                out.extend_from_slice(&e.conns);
-            }
-        }
-        for key in &self.prefixes {
-            if let Some(e) = self.entries.get(key)
-                && comparable(e.literal.as_bytes(), start.as_bytes(), false)
-                && e.pattern.may_overlap(pattern)
-            {
-                out.extend_from_slice(&e.conns);
-            }
-        }
-        for key in &self.suffixes {
-            if let Some(e) = self.entries.get(key)
-                && comparable(e.literal.as_bytes(), &end, true)
-                && e.pattern.may_overlap(pattern)
-            {
+        for e in self.entries.values() {
+            let literal = e.literal.as_bytes();
+            let hit = match e.class {
+                Class::Exact => {
+                    literal.starts_with(start.as_bytes())
+                        && literal.ends_with(&end)
+                        && pattern.is_match(&e.literal)
+                }
+                Class::Prefix => {
+                    comparable(literal, start.as_bytes(), false) && e.pattern.may_overlap(pattern)
+                }
+                Class::Suffix => comparable(literal, &end, true) && e.pattern.may_overlap(pattern),
+                // In the slots, below.
+                Class::Auto => false,
+            };
+            if hit {
                 out.extend_from_slice(&e.conns);
             }
         }

@@ -119,6 +119,43 @@ fn many_globs_trigger_a_background_rebuild_and_stay_correct() {
 }
 
 #[test]
+fn concurrent_churn_never_loses_a_subscription() {
+    let idx = Arc::new(SubscriptionIndex::new());
+    idx.subscribe(0, pat("keep:*:x", None));
+    idx.subscribe(0, pat("keep:[0-9]+", Some(PatternType::Regex)));
+    let workers: Vec<_> = (1..=3u64)
+        .map(|w| {
+            let idx = Arc::clone(&idx);
+            std::thread::spawn(move || {
+                for round in 0..30u64 {
+                    for i in 0..20u64 {
+                        idx.subscribe(w, pat(&format!("w{w}:{i}:*:{round}"), None));
+                    }
+                    for i in 0..20u64 {
+                        idx.unsubscribe(w, &pat(&format!("w{w}:{i}:*:{round}"), None));
+                    }
+                }
+                idx.subscribe(w, pat(&format!("w{w}:*:end"), None));
+            })
+        })
+        .collect();
+    let mut checks = 0;
+    while workers.iter().any(|h| !h.is_finished()) || checks < 100 {
+        assert_eq!(key_match(&idx, "keep:1:x"), vec![0]);
+        assert_eq!(key_match(&idx, "keep:42"), vec![0]);
+        checks += 1;
+    }
+    for h in workers {
+        h.join().unwrap();
+    }
+    idx.maintain();
+    assert_eq!(idx.len(), 5);
+    assert_eq!(key_match(&idx, "w2:0:a:3"), Vec::<ConnId>::new());
+    assert_eq!(key_match(&idx, "w2:a:end"), vec![2]);
+    assert_eq!(idx.stats().pending, 0);
+}
+
+#[test]
 fn tracked_one_shot_and_counts() {
     let t = TrackedIndex::new();
     assert_eq!(t.track(1, "user:1:profile"), 1);

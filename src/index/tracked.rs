@@ -57,19 +57,12 @@ pub struct TrackedStats {
     pub connections: u64,
 }
 
+#[derive(Default)]
 struct Base {
     fwd: Set<Vec<u8>>,
     rev: Set<Vec<u8>>,
 }
 
-impl Default for Base {
-    fn default() -> Self {
-        Base {
-            fwd: Set::default(),
-            rev: Set::default(),
-        }
-    }
-}
 
 #[derive(Default)]
 struct State {

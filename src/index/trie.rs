@@ -41,11 +41,12 @@ impl Node {
     #[inline]
     fn rank(&self, byte: u8) -> (usize, bool) {
         let (word, bit) = (usize::from(byte >> 6), byte & 63);
-        let below: u32 = self.bits[..word]
-            .iter()
-            .map(|w| w.count_ones())
-            .sum::<u32>()
-            + (self.bits[word] & ((1u64 << bit) - 1)).count_ones();
+        let mut below = (self.bits[word] & ((1u64 << bit) - 1)).count_ones();
+        for w in &self.bits[..word] {
+            if *w != 0 {
+                below += w.count_ones();
+            }
+        }
         (below as usize, self.bits[word] & (1u64 << bit) != 0)
     }
 
@@ -53,6 +54,10 @@ impl Node {
     fn child(&self, byte: u8) -> Option<u32> {
         if self.bits[usize::from(byte >> 6)] & (1u64 << (byte & 63)) == 0 {
             return None;
+        }
+        // Chains of single children are the common case: no rank to compute.
+        if self.kids.len() == 1 {
+            return self.kids.first().copied();
         }
         self.kids.get(self.rank(byte).0).copied()
     }

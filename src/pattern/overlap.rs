@@ -32,16 +32,24 @@ pub(crate) fn may_overlap(a: &Pattern, b: &Pattern) -> bool {
     use Matcher::{Dfa, Exact, Prefix, Suffix};
     // A common key starts with both literal prefixes and ends with both literal suffixes, so
     // one of each pair must extend the other. Decides most disjoint pairs in nanoseconds.
-    let (pa, pb) = (a.literal_prefix(), b.literal_prefix());
-    let (sa, sb) = (a.literal_suffix(), b.literal_suffix());
+    // Byte slices, not `str::starts_with`: the `str` pattern machinery measured ~90 ns here
+    // whenever one side was empty, against ~5 ns for slices.
+    let (pa, pb) = (a.literal_prefix().as_bytes(), b.literal_prefix().as_bytes());
+    let (sa, sb) = (a.literal_suffix().as_bytes(), b.literal_suffix().as_bytes());
     if !(pa.starts_with(pb) || pb.starts_with(pa)) || !(sa.ends_with(sb) || sb.ends_with(sa)) {
         return false;
     }
     match (&a.matcher, &b.matcher) {
         (Exact(k), _) => b.is_match(k),
         (_, Exact(k)) => a.is_match(k),
-        (Prefix(x), Prefix(y)) => x.starts_with(y.as_str()) || y.starts_with(x.as_str()),
-        (Suffix(x), Suffix(y)) => x.ends_with(y.as_str()) || y.ends_with(x.as_str()),
+        (Prefix(x), Prefix(y)) => {
+            let (x, y) = (x.as_bytes(), y.as_bytes());
+            x.starts_with(y) || y.starts_with(x)
+        }
+        (Suffix(x), Suffix(y)) => {
+            let (x, y) = (x.as_bytes(), y.as_bytes());
+            x.ends_with(y) || y.ends_with(x)
+        }
         (Prefix(_), Suffix(_)) | (Suffix(_), Prefix(_)) => true,
         // Without a dense DFA (too big to build) there is nothing cheap to walk: "maybe".
         (Dfa(x), Dfa(y)) => match (x.dense(), y.dense()) {

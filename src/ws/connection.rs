@@ -30,9 +30,9 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::error::ErrorCode;
 use crate::event::{Invalidation, Target};
@@ -154,12 +154,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    async fn on_message(
-        &mut self,
-        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) -> Result<(), End> {
+    async fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Result<(), End> {
         match msg {
             None => Err(End::ClientClosed),
+            Some(Err(WsError::Capacity(e))) => {
+                // Over `limits.max_ws_frame_bytes`: tungstenite cannot resync, so close 1009.
+                let frame = CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "frame too large".into(),
+                };
+                let _ = timeout(CLOSE_GRACE, self.ws.close(Some(frame))).await;
+                Err(End::Protocol(e.to_string()))
+            }
             Some(Err(e)) => Err(End::Protocol(e.to_string())),
             Some(Ok(Message::Text(text))) => Ok(self.on_text(text.as_str()).await?),
             Some(Ok(Message::Binary(_))) => {
@@ -191,7 +197,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let result = match op {
             Op::Ping => {
                 let seq = self.position();
-                Ok(self.push_reply(&Reply::Pong { seq }, id.as_ref()))
+                self.push_reply(&Reply::Pong { seq }, id.as_ref());
+                Ok(())
             }
             Op::Subscribe(specs) => self.subscribe(specs, id.as_ref()),
             Op::Unsubscribe(specs) => self.unsubscribe(specs, id.as_ref()),
@@ -200,7 +207,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let count = self
                     .hub
                     .untrack(&self.conn, keys.iter().map(String::as_str));
-                Ok(self.push_reply(&Reply::Untracked { count }, id.as_ref()))
+                self.push_reply(&Reply::Untracked { count }, id.as_ref());
+                Ok(())
             }
             Op::Resume { epoch, since_seq } => return self.resume(&epoch, since_seq, id).await,
         };
@@ -438,10 +446,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn append_live(&mut self, f: QueuedFrame) {
-        if let Some(sent) = &mut self.live_sent {
-            if sent.len() < LIVE_SENT_MAX {
-                sent.push(f.seq);
-            }
+        if let Some(sent) = &mut self.live_sent
+            && sent.len() < LIVE_SENT_MAX
+        {
+            sent.push(f.seq);
         }
         self.out.extend_from_slice(&f.bytes);
     }

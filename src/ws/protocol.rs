@@ -5,6 +5,17 @@
 //! `validation_failed` naming it. Replies echo the request's `id` (any JSON value) when present.
 //! Event frames are not here: the fan-out encodes them once per invalidation
 //! ([`crate::fanout::frame`]).
+//!
+//! Choices where SPEC is silent:
+//! * error codes: malformed JSON and binary frames are `invalid_json`; a frame that is not an
+//!   object, an unknown `op`, a missing or mistyped field, an empty / too long / control-char
+//!   key or pattern, and per-connection limits are `validation_failed`; a regex or glob that
+//!   does not compile is `invalid_pattern`; a key or pattern outside the token's prefixes is
+//!   `forbidden`. A refused frame changes nothing (subscribe and track are all-or-nothing).
+//! * empty `patterns` / `keys` lists are accepted (the reply reports the current state).
+//! * `unsubscribe` of a pattern the connection does not hold is ignored.
+//! * close codes: 4008 "slow consumer", 1001 on server shutdown, 1009 for a client frame over
+//!   `limits.max_ws_frame_bytes`.
 
 use bytes::Bytes;
 use serde::Serialize;
