@@ -131,12 +131,33 @@ fn bench_match_pattern(c: &mut Criterion) {
 
 /// 1,000,000 keys `obj:NNNN:MMM` (1,000 per `obj:NNNN:` prefix), tracked by 100 connections.
 fn tracked_million() -> TrackedIndex {
+    let before = rss_mib();
+    let start = Instant::now();
     let t = TrackedIndex::new();
     for i in 0..1_000_000u64 {
         t.track(i % 100, &format!("obj:{:04}:{:03}", i / 1000, i % 1000));
     }
+    let tracked = start.elapsed();
+    let start = Instant::now();
     t.rebuild();
+    println!(
+        "tracked 1M keys: track {tracked:?}, fst rebuild {:?}, RSS +{:.0} MiB, {:?}",
+        start.elapsed(),
+        rss_mib() - before,
+        t.stats()
+    );
     t
+}
+
+/// Resident set size of this process (Linux), 0 elsewhere.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0.0);
+    pages * 4096.0 / (1024.0 * 1024.0)
 }
 
 fn tracked_patterns() -> [(&'static str, Arc<Pattern>); 2] {
@@ -224,6 +245,10 @@ criterion_group!(subs, bench_match_key, bench_match_pattern);
 fn main() {
     ratio_report();
     if std::env::var_os("INDEX_BENCH_RATIO_ONLY").is_some() {
+        return;
+    }
+    if std::env::var_os("INDEX_BENCH_TRACKED_ONLY").is_some() {
+        p99_report(&tracked_million());
         return;
     }
     subs();

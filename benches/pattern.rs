@@ -122,14 +122,6 @@ fn overlap(c: &mut Criterion) {
         let (Ok(a), Ok(b)) = (parse(a.0, a.1), parse(b.0, b.1)) else {
             continue;
         };
-        group.bench_function(format!("{name}_pre"), |bench| {
-            bench.iter(|| {
-                let (a, b) = (black_box(&a), black_box(&b));
-                let (pa, pb) = (a.literal_prefix(), b.literal_prefix());
-                let (sa, sb) = (a.literal_suffix(), b.literal_suffix());
-                (pa.starts_with(pb) || pb.starts_with(pa)) && (sa.ends_with(sb) || sb.ends_with(sa))
-            })
-        });
         group.bench_function(name, |bench| {
             bench.iter(|| black_box(&a).may_overlap(black_box(&b)))
         });

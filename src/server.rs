@@ -166,6 +166,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     drop(listener);
     tracing::info!("shutting down: finishing in-flight requests");
     app.hub.close_all();
+    // Let WebSocket writers send their 1001 close frames before the process goes away.
+    let _ = tokio::time::timeout(Duration::from_secs(5), app.hub.wait_closed()).await;
     let _ = stop_tx.send(true);
     let all_done = live.acquire_many(tasks);
     if tokio::time::timeout(app.config.shutdown_timeout, all_done).await.is_err() {

@@ -227,7 +227,7 @@ impl Cluster {
         if next < first {
             // The events we were about to deliver have expired from the stream.
             tracing::warn!(next, first, "stream history no longer reaches our position");
-            let _ = hub; // connections learn of the gap through resume (history_gap)
+            hub.reset_all(crate::fanout::ResetReason::HistoryGap);
             self.delivered.store(first.saturating_sub(1), Ordering::Release);
         }
         let start_sequence = self.delivered.load(Ordering::Acquire) + 1;

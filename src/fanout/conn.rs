@@ -101,6 +101,23 @@ impl Conn {
         if self.state.load(Ordering::Acquire) != OPEN {
             return Offer::Closed;
         }
+        // Once a replay has spilled, later frames spill too, or a small frame could overtake
+        // a large one that did not fit.
+        if self.replaying.load(Ordering::Acquire) {
+            let mut spill = self.spill.lock();
+            if !spill.is_empty() {
+                if spill.len() < self.max_spill {
+                    spill.push(frame);
+                    return Offer::Queued;
+                }
+                drop(spill);
+                return if self.begin_close(CloseReason::SlowConsumer) {
+                    Offer::Overflowed
+                } else {
+                    Offer::Closed
+                };
+            }
+        }
         let len = frame.bytes.len();
         let before = self.queued_bytes.load(Ordering::Acquire);
         // An event larger than the byte bound still goes through an empty queue, or a single
@@ -274,6 +291,17 @@ mod tests {
         let seqs: Vec<u64> = c.end_replay().iter().map(|f| f.seq).collect();
         assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
         assert!(c.close_reason().is_none());
+    }
+
+    #[test]
+    fn replay_spill_keeps_order_when_a_small_frame_would_fit() {
+        let c = conn(10, 100);
+        c.start_replay();
+        assert_eq!(c.offer(frame(1, 80)), Offer::Queued);
+        assert_eq!(c.offer(frame(2, 80)), Offer::Queued); // over the byte bound: spilled
+        assert_eq!(c.offer(frame(3, 10)), Offer::Queued); // would fit, but must not overtake 2
+        let seqs: Vec<u64> = c.end_replay().iter().map(|f| f.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
     }
 
     #[test]

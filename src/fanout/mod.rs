@@ -299,6 +299,19 @@ impl Hub {
         }
     }
 
+    /// Send `{"type":"reset","reason":…}` to every connection: events were lost (cluster mode:
+    /// the stream no longer holds what this node was about to deliver), so every cache
+    /// manager must drop what its interests cover. Never waits on a connection.
+    pub fn reset_all(&self, reason: ResetReason) {
+        let bytes = frame::json_frame(&serde_json::json!({"type": "reset", "reason": reason.as_str()}));
+        let seq = self.current_seq();
+        for conn in self.conns.read().values() {
+            if conn.offer(QueuedFrame { seq, bytes: bytes.clone() }) == Offer::Overflowed {
+                self.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Resolves once no connection is registered: after `close_all`, when every connection
     /// task has written its close frame and ended. Bound it with a timeout.
     pub async fn wait_closed(&self) {

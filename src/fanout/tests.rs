@@ -251,7 +251,7 @@ fn unregister_forgets_interests_and_close_all_refuses_new_connections() {
     assert_eq!(json!(s.connections_total), json!(1));
 }
 
-mod prop {
+mod properties {
     use std::collections::BTreeSet;
 
     use proptest::prelude::*;

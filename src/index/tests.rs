@@ -307,7 +307,10 @@ fn track_op() -> impl Strategy<Value = TrackOp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    // INDEX_PROPTEST_CASES=5000 for a longer hunt.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("INDEX_PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(200)
+    ))]
 
     #[test]
     fn subscription_index_matches_reference(

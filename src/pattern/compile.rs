@@ -157,11 +157,10 @@ impl Compiled {
             )
             .build_from_hir(anchored)
             .map_err(|e| nfa_error(&e, limit))?;
-        let dense = match build_dense(&nfa, limit) {
-            _ if force_lazy() => None,
-            Ok(dense) => Some(dense),
-            Err(e) if e.is_size_limit_exceeded() => None,
-            Err(e) => return Err(PatternError::Invalid(e.to_string())),
+        let dense = if force_lazy() {
+            None
+        } else {
+            build_dense(&nfa, limit)?
         };
         let lazy = match dense {
             Some(_) => None,
@@ -268,8 +267,9 @@ const META_NFA_FACTOR: usize = 4;
 /// Cache bound of the lazy DFA of one fst search (allocated per search, freed after it).
 pub(crate) const LAZY_CACHE_BYTES: usize = 2 << 20;
 
-fn build_dense(nfa: &thompson::NFA, limit: usize) -> Result<Dense, dense::BuildError> {
-    let dfa = dense::Builder::new()
+/// The dense DFA, or None when it would exceed `limit` (the second tier serves the pattern).
+fn build_dense(nfa: &thompson::NFA, limit: usize) -> Result<Option<Dense>, PatternError> {
+    let built = dense::Builder::new()
         .configure(
             dense::Config::new()
                 .match_kind(MatchKind::All)
@@ -278,13 +278,18 @@ fn build_dense(nfa: &thompson::NFA, limit: usize) -> Result<Dense, dense::BuildE
                 .dfa_size_limit(Some(limit))
                 .determinize_size_limit(Some(limit)),
         )
-        .build_from_nfa(nfa)?;
+        .build_from_nfa(nfa);
+    let dfa = match built {
+        Ok(dfa) => dfa,
+        Err(e) if e.is_size_limit_exceeded() => return Ok(None),
+        Err(e) => return Err(PatternError::Invalid(e.to_string())),
+    };
     // An anchored start state exists by construction (`StartKind::Anchored`); the only other
     // failure is a quit byte in the look-behind, impossible at the start of a key.
     let start = dfa
         .start_state(&start::Config::new().anchored(Anchored::Yes))
         .unwrap_or(DEAD);
-    Ok(Dense { dfa, start })
+    Ok(Some(Dense { dfa, start }))
 }
 
 /// A lazy DFA that gives up (instead of clearing its cache) when the cache fills: state ids
