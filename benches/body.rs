@@ -34,7 +34,8 @@ struct BorrowedPattern<'a> {
 
 fn pattern_body() -> String {
     let keys: Vec<String> = (0..200).map(|i| format!("user:{i}:profile")).collect();
-    serde_json::json!({"pattern": "user:1*", "triggered_by": "bench", "cache_keys": keys}).to_string()
+    serde_json::json!({"pattern": "user:1*", "triggered_by": "bench", "cache_keys": keys})
+        .to_string()
 }
 
 fn bench(c: &mut Criterion) {
@@ -45,7 +46,9 @@ fn bench(c: &mut Criterion) {
         b.iter(|| parse_key_request(black_box(KEY_BODY.as_bytes()), &limits).map(|r| r.keys.len()))
     });
     g.bench_function("serde_json_borrowed", |b| {
-        b.iter(|| serde_json::from_slice::<Borrowed>(black_box(KEY_BODY.as_bytes())).map(|r| r.keys.len()))
+        b.iter(|| {
+            serde_json::from_slice::<Borrowed>(black_box(KEY_BODY.as_bytes())).map(|r| r.keys.len())
+        })
     });
     g.bench_function("simd_json_borrowed", |b| {
         let mut buf = KEY_BODY.as_bytes().to_vec();
@@ -59,16 +62,22 @@ fn bench(c: &mut Criterion) {
     let body = pattern_body();
     let mut g = c.benchmark_group("body_5KB");
     g.bench_function("server_parser_serde_json", |b| {
-        b.iter(|| parse_pattern_request(black_box(body.as_bytes()), &limits).map(|r| r.cache_keys.len()))
+        b.iter(|| {
+            parse_pattern_request(black_box(body.as_bytes()), &limits).map(|r| r.cache_keys.len())
+        })
     });
     g.bench_function("serde_json_borrowed", |b| {
-        b.iter(|| serde_json::from_slice::<BorrowedPattern>(black_box(body.as_bytes())).map(|r| r.cache_keys.len()))
+        b.iter(|| {
+            serde_json::from_slice::<BorrowedPattern>(black_box(body.as_bytes()))
+                .map(|r| r.cache_keys.len())
+        })
     });
     g.bench_function("simd_json_borrowed", |b| {
         let mut buf = body.as_bytes().to_vec();
         b.iter(|| {
             buf.copy_from_slice(body.as_bytes());
-            simd_json::serde::from_slice::<BorrowedPattern>(black_box(&mut buf)).map(|r| r.cache_keys.len())
+            simd_json::serde::from_slice::<BorrowedPattern>(black_box(&mut buf))
+                .map(|r| r.cache_keys.len())
         })
     });
     g.finish();

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 /// p50/p90/p99/p999/max/mean in µs.
@@ -67,7 +68,10 @@ impl Progress {
             }
             eprintln!();
         });
-        Progress { stop, handle: Some(handle) }
+        Progress {
+            stop,
+            handle: Some(handle),
+        }
     }
 }
 

@@ -75,7 +75,10 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
                 let b = body(conn, n, keys);
                 n += 1;
                 let t = Instant::now();
-                match client.post_json("/invalidate/key", b, token.as_deref()).await {
+                match client
+                    .post_json("/invalidate/key", b, token.as_deref())
+                    .await
+                {
                     Ok(r) if r.status == 200 => {
                         let _ = h.record(t.elapsed().as_micros() as u64);
                         done.fetch_add(1, Ordering::Relaxed);
@@ -99,11 +102,21 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
         (Some(b), Some(e)) => Some(e - b),
         _ => None,
     };
-    println!("scenario keys: {} connections, {:.1} s, {} keys/request", a.connections, elapsed, a.keys_per_request);
-    println!("  requests ok {ok}  errors {}  throughput {:.0} req/s", errors.load(Ordering::Relaxed), ok as f64 / elapsed);
+    println!(
+        "scenario keys: {} connections, {:.1} s, {} keys/request",
+        a.connections, elapsed, a.keys_per_request
+    );
+    println!(
+        "  requests ok {ok}  errors {}  throughput {:.0} req/s",
+        errors.load(Ordering::Relaxed),
+        ok as f64 / elapsed
+    );
     println!("  latency {}", fmt_us(&total));
     if let Some(cpu) = cpu {
-        println!("  server CPU {cpu:.2} s ({:.0} req per server CPU-second)", ok as f64 / cpu.max(1e-9));
+        println!(
+            "  server CPU {cpu:.2} s ({:.0} req per server CPU-second)",
+            ok as f64 / cpu.max(1e-9)
+        );
     }
     if let Some(path) = a.json {
         let v = json!({"scenario": "keys", "connections": a.connections, "seconds": elapsed,

@@ -50,7 +50,12 @@ impl Principal {
     pub fn open() -> Principal {
         Principal {
             name: None,
-            scopes: vec![Scope::Invalidate, Scope::Subscribe, Scope::AuditRead, Scope::Metrics],
+            scopes: vec![
+                Scope::Invalidate,
+                Scope::Subscribe,
+                Scope::AuditRead,
+                Scope::Metrics,
+            ],
             prefixes: None,
         }
     }
@@ -95,7 +100,10 @@ struct Bucket {
 
 impl Bucket {
     fn new(limit: RateLimit) -> Bucket {
-        Bucket { limit, state: Mutex::new((limit.burst, Instant::now())) }
+        Bucket {
+            limit,
+            state: Mutex::new((limit.burst, Instant::now())),
+        }
     }
 
     /// Take one token, or say how many whole seconds until one is available.
@@ -151,7 +159,10 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 
 impl Authenticator {
     pub fn new(tokens: &[TokenConfig]) -> Result<Authenticator, TokenConfigError> {
-        let err = |t: &TokenConfig, reason: String| TokenConfigError { name: t.name.clone(), reason };
+        let err = |t: &TokenConfig, reason: String| TokenConfigError {
+            name: t.name.clone(),
+            reason,
+        };
         let mut entries = Vec::with_capacity(tokens.len());
         for t in tokens {
             let sha256 = match (&t.token_sha256, &t.token) {
@@ -163,18 +174,35 @@ impl Authenticator {
             let mut scopes = Vec::new();
             for s in &t.scopes {
                 scopes.push(Scope::parse(s).ok_or_else(|| {
-                    err(t, format!("unknown scope {s:?} (invalidate, subscribe, audit:read, metrics)"))
+                    err(
+                        t,
+                        format!("unknown scope {s:?} (invalidate, subscribe, audit:read, metrics)"),
+                    )
                 })?);
             }
             if let Some(rl) = t.rate_limit
                 && (rl.per_second <= 0.0 || rl.burst < 1.0)
             {
-                return Err(err(t, "rate_limit needs per_second > 0 and burst >= 1".into()));
+                return Err(err(
+                    t,
+                    "rate_limit needs per_second > 0 and burst >= 1".into(),
+                ));
             }
-            let principal = Principal { name: Some(t.name.clone()), scopes, prefixes: t.prefixes.clone() };
-            entries.push(TokenEntry { sha256, principal: Arc::new(principal), bucket: t.rate_limit.map(Bucket::new) });
+            let principal = Principal {
+                name: Some(t.name.clone()),
+                scopes,
+                prefixes: t.prefixes.clone(),
+            };
+            entries.push(TokenEntry {
+                sha256,
+                principal: Arc::new(principal),
+                bucket: t.rate_limit.map(Bucket::new),
+            });
         }
-        Ok(Authenticator { tokens: entries, open: Arc::new(Principal::open()) })
+        Ok(Authenticator {
+            tokens: entries,
+            open: Arc::new(Principal::open()),
+        })
     }
 
     pub fn is_open(&self) -> bool {
@@ -185,12 +213,19 @@ impl Authenticator {
     ///
     /// The secret is hashed and compared with every configured hash in constant time, so
     /// neither the secret nor which token matched leaks through timing.
-    pub fn authenticate(&self, secret: Option<&str>, scope: Scope) -> Result<Arc<Principal>, ApiError> {
+    pub fn authenticate(
+        &self,
+        secret: Option<&str>,
+        scope: Scope,
+    ) -> Result<Arc<Principal>, ApiError> {
         if self.is_open() {
             return Ok(self.open.clone());
         }
         let Some(secret) = secret else {
-            return Err(ApiError::new(ErrorCode::Unauthorized, "missing bearer token"));
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "missing bearer token",
+            ));
         };
         let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
         let mut found: Option<&TokenEntry> = None;
@@ -224,7 +259,10 @@ impl Authenticator {
 pub fn bearer(header: Option<&str>) -> Option<&str> {
     let h = header?.trim();
     let (scheme, rest) = h.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|s| !s.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]
@@ -253,19 +291,42 @@ mod tests {
         let mut hashed = token("h", "x", &["metrics"], None);
         hashed.token = None;
         hashed.token_sha256 = Some(crate::http::request::hex(&Sha256::digest(b"hashed-secret")));
-        let a = Authenticator::new(&[token("svc", "s3cret", &["invalidate"], Some(&["orders:"])), hashed]).unwrap();
-        assert_eq!(a.authenticate(None, Scope::Invalidate).unwrap_err().code, ErrorCode::Unauthorized);
-        assert_eq!(a.authenticate(Some("nope"), Scope::Invalidate).unwrap_err().code, ErrorCode::Unauthorized);
-        assert_eq!(a.authenticate(Some("s3cret"), Scope::Metrics).unwrap_err().code, ErrorCode::Forbidden);
+        let a = Authenticator::new(&[
+            token("svc", "s3cret", &["invalidate"], Some(&["orders:"])),
+            hashed,
+        ])
+        .unwrap();
+        assert_eq!(
+            a.authenticate(None, Scope::Invalidate).unwrap_err().code,
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            a.authenticate(Some("nope"), Scope::Invalidate)
+                .unwrap_err()
+                .code,
+            ErrorCode::Unauthorized
+        );
+        assert_eq!(
+            a.authenticate(Some("s3cret"), Scope::Metrics)
+                .unwrap_err()
+                .code,
+            ErrorCode::Forbidden
+        );
         let p = a.authenticate(Some("s3cret"), Scope::Invalidate).unwrap();
         assert!(p.allows_key("orders:1") && !p.allows_key("users:1"));
-        assert!(a.authenticate(Some("hashed-secret"), Scope::Metrics).is_ok());
+        assert!(
+            a.authenticate(Some("hashed-secret"), Scope::Metrics)
+                .is_ok()
+        );
     }
 
     #[test]
     fn rate_limit() {
         let mut t = token("r", "k", &["invalidate"], None);
-        t.rate_limit = Some(RateLimit { per_second: 1.0, burst: 2.0 });
+        t.rate_limit = Some(RateLimit {
+            per_second: 1.0,
+            burst: 2.0,
+        });
         let a = Authenticator::new(&[t]).unwrap();
         assert!(a.authenticate(Some("k"), Scope::Invalidate).is_ok());
         assert!(a.authenticate(Some("k"), Scope::Invalidate).is_ok());

@@ -87,11 +87,21 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), field: None, retry_after: None }
+        ApiError {
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
     }
 
     pub fn field(code: ErrorCode, field: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), field: Some(field), retry_after: None }
+        ApiError {
+            code,
+            message: message.into(),
+            field: Some(field),
+            retry_after: None,
+        }
     }
 
     pub fn validation(field: &'static str, message: impl Into<String>) -> Self {
@@ -99,7 +109,10 @@ impl ApiError {
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError { retry_after: Some(1), ..Self::new(ErrorCode::Unavailable, message) }
+        ApiError {
+            retry_after: Some(1),
+            ..Self::new(ErrorCode::Unavailable, message)
+        }
     }
 
     /// The JSON body SPEC prescribes.

@@ -13,7 +13,11 @@ pub enum Target {
     /// A pattern. `matched_keys` are the keys the accepting node resolved (request's
     /// `cache_keys` first, then tracked keys in byte order), capped; `matched_count` is the
     /// full distinct count.
-    Pattern { pattern: Arc<Pattern>, matched_keys: Vec<String>, matched_count: u64 },
+    Pattern {
+        pattern: Arc<Pattern>,
+        matched_keys: Vec<String>,
+        matched_count: u64,
+    },
 }
 
 /// An invalidation that has been accepted and sequenced.

@@ -75,7 +75,10 @@ impl Drop for ClaimGuard {
 impl Idempotency {
     pub fn new(window: Duration, max_entries: usize) -> Arc<Idempotency> {
         Arc::new(Idempotency {
-            slots: Mutex::new(State { map: HashMap::new(), order: VecDeque::new() }),
+            slots: Mutex::new(State {
+                map: HashMap::new(),
+                order: VecDeque::new(),
+            }),
             window,
             max_entries: max_entries.max(1),
         })
@@ -142,16 +145,23 @@ mod tests {
     use super::*;
 
     fn settled(fp: &str) -> Settled {
-        Settled { fingerprint: fp.into(), response: Arc::new(serde_json::json!({"ok": fp})) }
+        Settled {
+            fingerprint: fp.into(),
+            response: Arc::new(serde_json::json!({"ok": fp})),
+        }
     }
 
     #[tokio::test]
     async fn claim_settle_and_release() {
         let idem = Idempotency::new(Duration::from_secs(60), 10);
-        let Claim::Fresh(g) = idem.claim("a").await else { panic!("fresh expected") };
+        let Claim::Fresh(g) = idem.claim("a").await else {
+            panic!("fresh expected")
+        };
         g.complete(settled("x"));
         assert!(matches!(idem.claim("a").await, Claim::Settled(s) if s.fingerprint == "x"));
-        let Claim::Fresh(g) = idem.claim("b").await else { panic!() };
+        let Claim::Fresh(g) = idem.claim("b").await else {
+            panic!()
+        };
         drop(g); // an error releases the id
         assert!(matches!(idem.claim("b").await, Claim::Fresh(_)));
     }
@@ -159,7 +169,9 @@ mod tests {
     #[tokio::test]
     async fn concurrent_claim_waits_for_the_first() {
         let idem = Idempotency::new(Duration::from_secs(60), 10);
-        let Claim::Fresh(g) = idem.claim("a").await else { panic!() };
+        let Claim::Fresh(g) = idem.claim("a").await else {
+            panic!()
+        };
         let other = {
             let idem = idem.clone();
             tokio::spawn(async move { matches!(idem.claim("a").await, Claim::Settled(_)) })
@@ -173,7 +185,9 @@ mod tests {
     async fn bounded_by_count() {
         let idem = Idempotency::new(Duration::from_secs(60), 3);
         for i in 0..10 {
-            let Claim::Fresh(g) = idem.claim(&i.to_string()).await else { panic!() };
+            let Claim::Fresh(g) = idem.claim(&i.to_string()).await else {
+                panic!()
+            };
             g.complete(settled("x"));
         }
         assert_eq!(idem.len(), 3);

@@ -13,7 +13,11 @@ use serde_json::json;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "invalidator", version, about = "Cache-invalidation push server and its operator CLI")]
+#[command(
+    name = "invalidator",
+    version,
+    about = "Cache-invalidation push server and its operator CLI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -83,7 +87,12 @@ struct ServeArgs {
 #[derive(Args, Clone)]
 struct Remote {
     /// Server base URL.
-    #[arg(long, env = "INVALIDATOR_URL", default_value = "http://127.0.0.1:4000", global = true)]
+    #[arg(
+        long,
+        env = "INVALIDATOR_URL",
+        default_value = "http://127.0.0.1:4000",
+        global = true
+    )]
     server: String,
     /// Bearer token.
     #[arg(long, env = "INVALIDATOR_TOKEN", hide_env_values = true, global = true)]
@@ -150,7 +159,10 @@ struct AuditArgs {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("INVALIDATOR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn resolve_config(a: ServeArgs) -> Result<Config, String> {
@@ -171,7 +183,9 @@ fn resolve_config(a: ServeArgs) -> Result<Config, String> {
             name: "admin".into(),
             token_sha256: None,
             token: Some(secret),
-            scopes: ["invalidate", "subscribe", "audit:read", "metrics"].map(String::from).to_vec(),
+            scopes: ["invalidate", "subscribe", "audit:read", "metrics"]
+                .map(String::from)
+                .to_vec(),
             prefixes: None,
             rate_limit: None,
         });
@@ -179,9 +193,15 @@ fn resolve_config(a: ServeArgs) -> Result<Config, String> {
     Ok(Config {
         listen,
         data_dir: a.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
-        database_url: a.database_url.or(file.database_url).filter(|s| !s.is_empty()),
+        database_url: a
+            .database_url
+            .or(file.database_url)
+            .filter(|s| !s.is_empty()),
         nats_url: a.nats_url.or(file.nats_url).filter(|s| !s.is_empty()),
-        node_id: a.node_id.or(file.node_id).unwrap_or_else(|| format!("{host}-{}", listen.port())),
+        node_id: a
+            .node_id
+            .or(file.node_id)
+            .unwrap_or_else(|| format!("{host}-{}", listen.port())),
         allow_open: a.allow_open || file.allow_open.unwrap_or(false),
         limits: file.limits,
         audit: file.audit,
@@ -214,7 +234,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     tracing::info!(%addr, node_id = %app.config.node_id, open = app.auth.is_open(), "listening");
     // One machine-readable line on stdout so scripts and tests learn the bound port.
     println!("listening on {addr}");
@@ -222,23 +245,36 @@ async fn serve(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn remote_call(remote: &Remote, path: &str, body: Option<serde_json::Value>) -> Result<(u16, String), String> {
+async fn remote_call(
+    remote: &Remote,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, String), String> {
     let addr = authority(&remote.server).map_err(|e| e.to_string())?;
-    let mut c = HttpClient::connect(&addr).await.map_err(|e| e.to_string())?;
+    let mut c = HttpClient::connect(&addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let token = remote.token.as_deref();
     let reply = match body {
         Some(b) => c.post_json(path, b.to_string(), token).await,
         None => c.get(path, token).await,
     }
     .map_err(|e| e.to_string())?;
-    Ok((reply.status, String::from_utf8_lossy(&reply.body).into_owned()))
+    Ok((
+        reply.status,
+        String::from_utf8_lossy(&reply.body).into_owned(),
+    ))
 }
 
 fn finish(result: Result<(u16, String), String>) -> ExitCode {
     match result {
         Ok((status, body)) => {
             println!("{body}");
-            if (200..300).contains(&status) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             eprintln!("invalidator: {e}");
@@ -279,17 +315,36 @@ fn percent_encode(s: &str) -> String {
 
 fn print_audit_table(body: &str) {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-    println!("{:>8} {:>8} {:<24} {:<8} {:<16} {:>6} {}", "id", "seq", "timestamp", "kind", "triggered_by", "keys", "pattern / keys");
+    println!(
+        "{:>8} {:>8} {:<24} {:<8} {:<16} {:>6} pattern / keys",
+        "id", "seq", "timestamp", "kind", "triggered_by", "keys"
+    );
     for l in v["logs"].as_array().into_iter().flatten() {
-        let keys: Vec<&str> = l["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect();
-        let what = l["pattern"].as_str().map(String::from).unwrap_or_else(|| keys.join(","));
+        let keys: Vec<&str> = l["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str())
+            .collect();
+        let what = l["pattern"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| keys.join(","));
         println!(
             "{:>8} {:>8} {:<24} {:<8} {:<16} {:>6} {}",
-            l["id"], l["seq"], l["timestamp"].as_str().unwrap_or(""), l["kind"].as_str().unwrap_or(""),
-            l["triggered_by"].as_str().unwrap_or(""), l["matched_count"], what
+            l["id"],
+            l["seq"],
+            l["timestamp"].as_str().unwrap_or(""),
+            l["kind"].as_str().unwrap_or(""),
+            l["triggered_by"].as_str().unwrap_or(""),
+            l["matched_count"],
+            what
         );
     }
-    println!("total_count: {}  has_more: {}", v["total_count"], v["has_more"]);
+    println!(
+        "total_count: {}  has_more: {}",
+        v["total_count"], v["has_more"]
+    );
 }
 
 /// `invalidator tail`: subscribe, print every event as one JSON line; on a dropped connection
@@ -333,7 +388,10 @@ async fn tail(patterns: Vec<String>, remote: Remote) -> ExitCode {
             let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap_or_default();
             match v["type"].as_str() {
                 Some("hello") => {
-                    here = Some((v["epoch"].as_str().unwrap_or_default().to_string(), v["seq"].as_u64().unwrap_or(0)));
+                    here = Some((
+                        v["epoch"].as_str().unwrap_or_default().to_string(),
+                        v["seq"].as_u64().unwrap_or(0),
+                    ));
                     if position.is_none() {
                         position = here.clone();
                     }
@@ -367,11 +425,21 @@ async fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args).await,
         Some(Command::Invalidate { what, remote }) => {
             let (path, body) = match what {
-                InvalidateCmd::Key { keys, by, request_id } => (
+                InvalidateCmd::Key {
+                    keys,
+                    by,
+                    request_id,
+                } => (
                     "/invalidate/key",
                     json!({"keys": keys, "triggered_by": by, "request_id": request_id}),
                 ),
-                InvalidateCmd::Pattern { pattern, pattern_type, by, request_id, cache_keys } => (
+                InvalidateCmd::Pattern {
+                    pattern,
+                    pattern_type,
+                    by,
+                    request_id,
+                    cache_keys,
+                } => (
                     "/invalidate/pattern",
                     json!({"pattern": pattern, "pattern_type": pattern_type, "triggered_by": by,
                            "request_id": request_id, "cache_keys": cache_keys}),
@@ -380,7 +448,11 @@ async fn main() -> ExitCode {
             finish(remote_call(&remote, path, Some(body)).await)
         }
         Some(Command::Metrics { prometheus, remote }) => {
-            let path = if prometheus { "/metrics" } else { "/invalidate/metrics" };
+            let path = if prometheus {
+                "/metrics"
+            } else {
+                "/invalidate/metrics"
+            };
             finish(remote_call(&remote, path, None).await)
         }
         Some(Command::Tail { patterns, remote }) => tail(patterns, remote).await,

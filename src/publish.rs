@@ -52,7 +52,10 @@ pub enum Published {
     /// Accepted now.
     Fresh(Arc<Invalidation>),
     /// Another node accepted the same `request_id` inside JetStream's duplicate window.
-    Duplicate { fingerprint: String, inv: Arc<Invalidation> },
+    Duplicate {
+        fingerprint: String,
+        inv: Arc<Invalidation>,
+    },
 }
 
 pub struct Publisher {
@@ -73,7 +76,14 @@ impl Publisher {
         metrics: Arc<Metrics>,
         node_id: Arc<str>,
     ) -> Publisher {
-        Publisher { sequencer, patterns, hub, audit, metrics, node_id }
+        Publisher {
+            sequencer,
+            patterns,
+            hub,
+            audit,
+            metrics,
+            node_id,
+        }
     }
 
     /// Audit-reserve, sequence, fan out, audit-send, count.
@@ -81,11 +91,13 @@ impl Publisher {
         let permit = self.audit.reserve().await?;
         let order = match &self.sequencer {
             Sequencer::Local(order) => order,
-            Sequencer::Cluster(cluster) => return self.publish_cluster(cluster, draft, permit).await,
+            Sequencer::Cluster(cluster) => {
+                return self.publish_cluster(cluster, draft, permit).await;
+            }
         };
         let inv = {
             let mut seq = order.lock();
-            let seq = seq.next().map_err(|e| {
+            let seq = seq.allocate().map_err(|e| {
                 tracing::error!(error = %e, "cannot persist the seq high-water mark");
                 ApiError::unavailable("cannot persist the sequence number; see the server log")
             })?;
@@ -102,7 +114,11 @@ impl Publisher {
             inv
         };
         let latency_us = draft.received.elapsed().as_micros() as u64;
-        permit.send(AuditRecord { inv: inv.clone(), latency_us, body_hash: draft.body_hash });
+        permit.send(AuditRecord {
+            inv: inv.clone(),
+            latency_us,
+            body_hash: draft.body_hash,
+        });
         self.metrics.record_accepted(&inv, latency_us);
         Ok(Published::Fresh(inv))
     }
@@ -122,21 +138,27 @@ impl Publisher {
             node_id: self.node_id.clone(),
             target: draft.target,
         };
-        let (seq, duplicate) = cluster.publish(&WireEvent::of(&inv, &draft.body_hash)).await?;
+        let (seq, duplicate) = cluster
+            .publish(&WireEvent::of(&inv, &draft.body_hash))
+            .await?;
         if duplicate {
             let original = cluster.fetch(seq).await?;
             let fingerprint = original.body_hash.clone();
             let inv = original
                 .into_invalidation(seq, &self.patterns)
                 .map_err(|e| ApiError::unavailable(format!("stored event {seq}: {e}")))?;
-            return Ok(Published::Duplicate { fingerprint, inv: Arc::new(inv) });
+            return Ok(Published::Duplicate {
+                fingerprint,
+                inv: Arc::new(inv),
+            });
         }
         // The audit record is written by this node's stream consumer (see `cluster`); the
         // permit held so far was the back-pressure check.
         drop(permit);
         inv.seq = seq;
         let inv = Arc::new(inv);
-        self.metrics.record_accepted(&inv, draft.received.elapsed().as_micros() as u64);
+        self.metrics
+            .record_accepted(&inv, draft.received.elapsed().as_micros() as u64);
         Ok(Published::Fresh(inv))
     }
 }

@@ -29,7 +29,11 @@ impl SeqAllocator {
             Err(e) => return Err(e),
         };
         let last = on_disk.max(floor);
-        let mut alloc = SeqAllocator { path, last, reserved: last };
+        let mut alloc = SeqAllocator {
+            path,
+            last,
+            reserved: last,
+        };
         alloc.reserve()?;
         Ok(alloc)
     }
@@ -40,7 +44,7 @@ impl SeqAllocator {
     }
 
     /// The next number.
-    pub fn next(&mut self) -> std::io::Result<u64> {
+    pub fn allocate(&mut self) -> std::io::Result<u64> {
         if self.last >= self.reserved {
             self.reserve()?;
         }
@@ -71,13 +75,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("inv-seq-{}", fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
         let mut a = SeqAllocator::open(&dir, 0).unwrap();
-        assert_eq!(a.next().unwrap(), 1);
-        assert_eq!(a.next().unwrap(), 2);
+        assert_eq!(a.allocate().unwrap(), 1);
+        assert_eq!(a.allocate().unwrap(), 2);
         drop(a);
         let mut b = SeqAllocator::open(&dir, 0).unwrap();
-        assert!(b.next().unwrap() > 2);
+        assert!(b.allocate().unwrap() > 2);
         let mut c = SeqAllocator::open(&dir, 1_000_000).unwrap();
-        assert_eq!(c.next().unwrap(), 1_000_001);
+        assert_eq!(c.allocate().unwrap(), 1_000_001);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -17,12 +17,12 @@ use tokio::net::TcpListener;
 
 use crate::audit::AuditPipeline;
 use crate::auth::Authenticator;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::fanout::Hub;
 use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::pattern::{PatternCache, PatternLimits};
-use crate::cluster::Cluster;
 use crate::publish::{Publisher, Sequencer};
 use crate::seq::SeqAllocator;
 
@@ -54,13 +54,19 @@ pub enum StartError {
     #[error(transparent)]
     Token(#[from] crate::auth::TokenConfigError),
     #[error("data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A random epoch for this process's history (single-node: history is not persisted).
@@ -72,7 +78,10 @@ fn new_epoch() -> String {
 pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     config.validate()?;
     let auth = Authenticator::new(&config.tokens)?;
-    let data_dir = |source| StartError::DataDir { path: config.data_dir.display().to_string(), source };
+    let data_dir = |source| StartError::DataDir {
+        path: config.data_dir.display().to_string(),
+        source,
+    };
     std::fs::create_dir_all(&config.data_dir).map_err(data_dir)?;
     let audit = AuditPipeline::start(&config).await?;
     let cluster = match &config.nats_url {
@@ -86,33 +95,65 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     let patterns = Arc::new(PatternCache::new(config.limits.pattern_cache_size, limits));
     let node_id: Arc<str> = Arc::from(config.node_id.as_str());
     let (sequencer, epoch, start_seq) = match &cluster {
-        Some(c) => (Sequencer::Cluster(c.clone()), c.epoch().to_string(), c.last_seq_at_start()),
+        Some(c) => (
+            Sequencer::Cluster(c.clone()),
+            c.epoch().to_string(),
+            c.last_seq_at_start(),
+        ),
         None => {
             let floor = audit.max_seq().await.unwrap_or(0);
             let seq = SeqAllocator::open(&config.data_dir, floor).map_err(data_dir)?;
             let last = seq.last();
-            (Sequencer::Local(parking_lot::Mutex::new(seq)), new_epoch(), last)
+            (
+                Sequencer::Local(parking_lot::Mutex::new(seq)),
+                new_epoch(),
+                last,
+            )
         }
     };
     let hub = Hub::new(&config, epoch, node_id.clone(), patterns.clone(), start_seq);
     if let Some(c) = &cluster {
-        c.spawn_consumer(hub.clone(), patterns.clone(), audit.clone(), config.ws.history_events);
+        c.spawn_consumer(
+            hub.clone(),
+            patterns.clone(),
+            audit.clone(),
+            config.ws.history_events,
+        );
     }
     let metrics = Arc::new(Metrics::new());
-    let publisher =
-        Publisher::new(sequencer, patterns.clone(), hub.clone(), audit.clone(), metrics.clone(), node_id);
+    let publisher = Publisher::new(
+        sequencer,
+        patterns.clone(),
+        hub.clone(),
+        audit.clone(),
+        metrics.clone(),
+        node_id,
+    );
     let idempotency = Idempotency::new(
         Duration::from_secs(config.audit.idempotency_window_secs),
         config.audit.idempotency_memory_entries,
     );
-    Ok(Arc::new(App { config, auth, patterns, hub, audit, publisher, idempotency, metrics, cluster }))
+    Ok(Arc::new(App {
+        config,
+        auth,
+        patterns,
+        hub,
+        audit,
+        publisher,
+        idempotency,
+        metrics,
+        cluster,
+    }))
 }
 
 /// Bind the configured address.
 pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
     TcpListener::bind(config.listen)
         .await
-        .map_err(|source| StartError::Listen { addr: config.listen, source })
+        .map_err(|source| StartError::Listen {
+            addr: config.listen,
+            source,
+        })
 }
 
 /// Serve until `shutdown` resolves, then drain.
@@ -170,7 +211,10 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let _ = tokio::time::timeout(Duration::from_secs(5), app.hub.wait_closed()).await;
     let _ = stop_tx.send(true);
     let all_done = live.acquire_many(tasks);
-    if tokio::time::timeout(app.config.shutdown_timeout, all_done).await.is_err() {
+    if tokio::time::timeout(app.config.shutdown_timeout, all_done)
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not finish in time");
     }
     tracing::info!("draining the audit pipeline");

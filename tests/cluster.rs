@@ -15,8 +15,15 @@ const PG: &str = "postgres://postgres@127.0.0.1:5432";
 /// A fresh PostgreSQL database; returns its URL.
 async fn fresh_database() -> String {
     let name = format!("inv_cluster_{:x}", fastrand::u64(..));
-    let mut c = sqlx::PgConnection::connect(&format!("{PG}/postgres")).await.expect("postgres");
-    sqlx::Executor::execute(&mut c, sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create database");
+    let mut c = sqlx::PgConnection::connect(&format!("{PG}/postgres"))
+        .await
+        .expect("postgres");
+    sqlx::Executor::execute(
+        &mut c,
+        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
+    )
+    .await
+    .expect("create database");
     format!("{PG}/{name}")
 }
 
@@ -27,7 +34,14 @@ fn cluster_toml(tag: &str, nats_port: u16) -> String {
 }
 
 async fn node(db: &str, toml: &str, id: &str) -> TestServer {
-    TestServer::builder().config_toml(toml).arg("--database-url").arg(db).arg("--node-id").arg(id).start().await
+    TestServer::builder()
+        .config_toml(toml)
+        .arg("--database-url")
+        .arg(db)
+        .arg("--node-id")
+        .arg(id)
+        .start()
+        .await
 }
 
 fn tag() -> String {
@@ -36,7 +50,9 @@ fn tag() -> String {
 
 async fn audit_rows(s: &TestServer, request_id: &str) -> Vec<Value> {
     for _ in 0..100 {
-        let (_, v) = s.get_json(&format!("/audit/logs?request_id={request_id}"), None).await;
+        let (_, v) = s
+            .get_json(&format!("/audit/logs?request_id={request_id}"), None)
+            .await;
         let logs = v["logs"].as_array().cloned().unwrap_or_default();
         if !logs.is_empty() {
             return logs;
@@ -65,7 +81,13 @@ async fn post_to_a_reaches_b_and_c_in_one_order() {
     assert_eq!(subs[1].hello["node_id"], "node-b");
     let mut seqs = Vec::new();
     for (i, n) in [&a, &b, &c, &a, &b].into_iter().enumerate() {
-        let (st, v) = n.post_json("/invalidate/key", &json!({"keys": [format!("user:{i}")], "triggered_by": "t"}), None).await;
+        let (st, v) = n
+            .post_json(
+                "/invalidate/key",
+                &json!({"keys": [format!("user:{i}")], "triggered_by": "t"}),
+                None,
+            )
+            .await;
         assert_eq!(st, 200, "{v}");
         seqs.push(v["seq"].as_u64().unwrap());
     }
@@ -85,10 +107,20 @@ async fn post_to_a_reaches_b_and_c_in_one_order() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(logs["total_count"], 5, "one audit row per invalidation: {logs}");
-    let nodes: std::collections::HashSet<&str> =
-        logs["logs"].as_array().unwrap().iter().filter_map(|l| l["node_id"].as_str()).collect();
-    assert!(nodes.contains("node-a") && nodes.contains("node-b") && nodes.contains("node-c"), "{nodes:?} {logs}");
+    assert_eq!(
+        logs["total_count"], 5,
+        "one audit row per invalidation: {logs}"
+    );
+    let nodes: std::collections::HashSet<&str> = logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["node_id"].as_str())
+        .collect();
+    assert!(
+        nodes.contains("node-a") && nodes.contains("node-b") && nodes.contains("node-c"),
+        "{nodes:?} {logs}"
+    );
 }
 
 #[tokio::test]
@@ -100,22 +132,36 @@ async fn subscriber_moves_from_a_to_c_with_resume() {
     let c = node(&db, &toml, "node-c").await;
     let mut ws = Ws::connect_url(&a.ws_url()).await;
     ws.subscribe(json!(["order:*"])).await;
-    a.post_json("/invalidate/key", &json!({"keys": ["order:1"], "triggered_by": "t"}), None).await;
+    a.post_json(
+        "/invalidate/key",
+        &json!({"keys": ["order:1"], "triggered_by": "t"}),
+        None,
+    )
+    .await;
     let first = ws.event().await;
     let epoch = ws.hello["epoch"].clone();
     drop(ws);
     // Missed while moving: two matching, one not.
     for k in ["order:2", "user:9", "order:3"] {
-        a.post_json("/invalidate/key", &json!({"keys": [k], "triggered_by": "t"}), None).await;
+        a.post_json(
+            "/invalidate/key",
+            &json!({"keys": [k], "triggered_by": "t"}),
+            None,
+        )
+        .await;
     }
     let mut ws = Ws::connect_url(&c.ws_url()).await;
     ws.subscribe(json!(["order:*"])).await;
-    ws.send(json!({"op": "resume", "epoch": epoch, "since_seq": first["seq"]})).await;
+    ws.send(json!({"op": "resume", "epoch": epoch, "since_seq": first["seq"]}))
+        .await;
     // Replayed events come before `resumed`; if C's consumer is still catching up, the rest
     // arrive live right after. Either way: each missed matching event exactly once, in order.
     let mut keys = Vec::new();
     let mut resumed = false;
-    while let Some(v) = ws.recv_within(Duration::from_millis(if resumed { 500 } else { 10_000 })).await {
+    while let Some(v) = ws
+        .recv_within(Duration::from_millis(if resumed { 500 } else { 10_000 }))
+        .await
+    {
         match v["type"].as_str() {
             // A lagging node may still deliver the already-seen event live: clients skip by seq.
             Some("invalidate") if v["seq"].as_u64() <= first["seq"].as_u64() => {}
@@ -147,10 +193,19 @@ async fn same_request_id_on_two_nodes_is_one_event_and_one_row() {
     assert_eq!(st, 200);
     assert_eq!(second["duplicate"], true);
     assert_eq!(second["seq"], first["seq"]);
-    let (st, _) = b.post_json("/invalidate/key", &json!({"keys": ["k:2"], "triggered_by": "t", "request_id": rid}), None).await;
+    let (st, _) = b
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["k:2"], "triggered_by": "t", "request_id": rid}),
+            None,
+        )
+        .await;
     assert_eq!(st, 409);
     assert_eq!(ws.event().await["seq"], first["seq"]);
-    assert!(ws.recv_within(Duration::from_millis(500)).await.is_none(), "one event only");
+    assert!(
+        ws.recv_within(Duration::from_millis(500)).await.is_none(),
+        "one event only"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rows = audit_rows(&a, &rid).await;
     assert_eq!(rows.len(), 1);
@@ -208,13 +263,25 @@ async fn nats_outage_gives_503_then_recovers_without_loss() {
     let b = node(&db, &cluster_toml(&t, 4222), "node-b").await;
     let mut ws = Ws::connect_url(&b.ws_url()).await;
     ws.subscribe(json!(["n:*"])).await;
-    let (st, _) = a.post_json("/invalidate/key", &json!({"keys": ["n:1"], "triggered_by": "t"}), None).await;
+    let (st, _) = a
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["n:1"], "triggered_by": "t"}),
+            None,
+        )
+        .await;
     assert_eq!(st, 200);
     assert_eq!(ws.event().await["keys"], json!(["n:1"]));
     proxy.cut();
     let mut saw_503 = false;
     for _ in 0..50 {
-        let (st, v) = a.post_json("/invalidate/key", &json!({"keys": ["n:lost"], "triggered_by": "t"}), None).await;
+        let (st, v) = a
+            .post_json(
+                "/invalidate/key",
+                &json!({"keys": ["n:lost"], "triggered_by": "t"}),
+                None,
+            )
+            .await;
         if st == 503 {
             assert_eq!(v["error"]["code"], "unavailable");
             saw_503 = true;
@@ -234,7 +301,13 @@ async fn nats_outage_gives_503_then_recovers_without_loss() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "node reconnects by itself");
-    let (st, v) = a.post_json("/invalidate/key", &json!({"keys": ["n:2"], "triggered_by": "t"}), None).await;
+    let (st, v) = a
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["n:2"], "triggered_by": "t"}),
+            None,
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
     // B delivers what A accepted after the outage. A POST whose ack was lost in the cut got
     // 503 ("outcome unknown") but may still have reached the stream: then it is delivered,
@@ -246,6 +319,10 @@ async fn nats_outage_gives_503_then_recovers_without_loss() {
         }
         assert_eq!(e["keys"], json!(["n:lost"]), "{e}");
         let rid = e["request_id"].as_str().unwrap();
-        assert_eq!(audit_rows(&a, rid).await.len(), 1, "a delivered event is audited");
+        assert_eq!(
+            audit_rows(&a, rid).await.len(),
+            1,
+            "a delivered event is audited"
+        );
     }
 }

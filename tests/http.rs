@@ -29,12 +29,21 @@ async fn key_invalidation_shape_and_seq() {
     let ts = v["published_at"].as_str().unwrap();
     assert!(ts.ends_with('Z') && ts.len() == 24, "{ts}");
     let seq1 = v["seq"].as_u64().unwrap();
-    let (_, v2) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x"}), None).await;
+    let (_, v2) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["a"], "triggered_by": "x"}),
+            None,
+        )
+        .await;
     assert!(v2["seq"].as_u64().unwrap() > seq1);
     let rid = v2["request_id"].as_str().unwrap();
     let parts: Vec<&str> = rid.split('-').collect();
     assert_eq!(parts[0], "inv");
-    assert!(parts[1].parse::<u64>().unwrap() > 1_600_000_000_000, "{rid}");
+    assert!(
+        parts[1].parse::<u64>().unwrap() > 1_600_000_000_000,
+        "{rid}"
+    );
 }
 
 #[tokio::test]
@@ -46,12 +55,21 @@ async fn pattern_invalidation_matches_cache_keys() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["pattern"], "user:123:*");
     assert_eq!(v["pattern_type"], "prefix");
-    assert_eq!(v["matched_keys"], json!(["user:123:profile", "user:123:settings"]));
+    assert_eq!(
+        v["matched_keys"],
+        json!(["user:123:profile", "user:123:settings"])
+    );
     assert_eq!(v["invalidated_count"], 2);
     assert_eq!(v["matched_keys_truncated"], false);
     assert_eq!(v["duplicate"], false);
     // Pushed even when nothing matched.
-    let (st, v) = s.post_json("/invalidate/pattern", &json!({"pattern": "nothing:*", "triggered_by": "x"}), None).await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/pattern",
+            &json!({"pattern": "nothing:*", "triggered_by": "x"}),
+            None,
+        )
+        .await;
     assert_eq!(st, 200);
     assert_eq!(v["invalidated_count"], 0);
     assert_eq!(v["matched_keys"], json!([]));
@@ -66,7 +84,10 @@ async fn pattern_types_inferred_and_explicit() {
         (json!({"pattern": "*:profile"}), "suffix"),
         (json!({"pattern": "user:*:profile"}), "glob"),
         (json!({"pattern": "user:?23"}), "glob"),
-        (json!({"pattern": "user:[0-9]+", "pattern_type": "regex"}), "regex"),
+        (
+            json!({"pattern": "user:[0-9]+", "pattern_type": "regex"}),
+            "regex",
+        ),
         (json!({"pattern": "a*b", "pattern_type": "exact"}), "exact"),
     ];
     for (mut body, expected) in cases {
@@ -84,7 +105,11 @@ async fn pattern_types_inferred_and_explicit() {
 async fn bad_regex_is_invalid_pattern() {
     let s = TestServer::start().await;
     let (st, v) = s
-        .post_json("/invalidate/pattern", &json!({"pattern": "user:[0-9", "pattern_type": "regex", "triggered_by": "t"}), None)
+        .post_json(
+            "/invalidate/pattern",
+            &json!({"pattern": "user:[0-9", "pattern_type": "regex", "triggered_by": "t"}),
+            None,
+        )
         .await;
     assert_eq!(st, 400);
     assert_eq!(code(&v), "invalid_pattern");
@@ -97,16 +122,76 @@ async fn validation_errors_name_fields() {
     let s = TestServer::start().await;
     let cases: &[(&str, &str, u16, &str, &str)] = &[
         ("/invalidate/key", "{not json", 400, "invalid_json", ""),
-        ("/invalidate/key", r#"{"keys": [], "triggered_by": "a"}"#, 400, "validation_failed", "keys"),
-        ("/invalidate/key", r#"{"keys": "a", "triggered_by": "a"}"#, 400, "validation_failed", "keys"),
-        ("/invalidate/key", r#"{"keys": [1], "triggered_by": "a"}"#, 400, "validation_failed", "keys"),
-        ("/invalidate/key", r#"{"keys": ["a"]}"#, 400, "validation_failed", "triggered_by"),
-        ("/invalidate/key", r#"{"keys": ["a"], "triggered_by": ""}"#, 400, "validation_failed", "triggered_by"),
-        ("/invalidate/key", r#"{"keys": ["a\u0007"], "triggered_by": "x"}"#, 400, "validation_failed", "keys"),
-        ("/invalidate/pattern", r#"{"triggered_by": "a"}"#, 400, "validation_failed", "pattern"),
-        ("/invalidate/pattern", r#"{"pattern": "", "triggered_by": "a"}"#, 400, "validation_failed", "pattern"),
-        ("/invalidate/pattern", r#"{"pattern": "a", "pattern_type": "x", "triggered_by": "a"}"#, 400, "validation_failed", "pattern_type"),
-        ("/invalidate/pattern", r#"{"pattern": "a*", "cache_keys": "x", "triggered_by": "a"}"#, 400, "validation_failed", "cache_keys"),
+        (
+            "/invalidate/key",
+            r#"{"keys": [], "triggered_by": "a"}"#,
+            400,
+            "validation_failed",
+            "keys",
+        ),
+        (
+            "/invalidate/key",
+            r#"{"keys": "a", "triggered_by": "a"}"#,
+            400,
+            "validation_failed",
+            "keys",
+        ),
+        (
+            "/invalidate/key",
+            r#"{"keys": [1], "triggered_by": "a"}"#,
+            400,
+            "validation_failed",
+            "keys",
+        ),
+        (
+            "/invalidate/key",
+            r#"{"keys": ["a"]}"#,
+            400,
+            "validation_failed",
+            "triggered_by",
+        ),
+        (
+            "/invalidate/key",
+            r#"{"keys": ["a"], "triggered_by": ""}"#,
+            400,
+            "validation_failed",
+            "triggered_by",
+        ),
+        (
+            "/invalidate/key",
+            r#"{"keys": ["a\u0007"], "triggered_by": "x"}"#,
+            400,
+            "validation_failed",
+            "keys",
+        ),
+        (
+            "/invalidate/pattern",
+            r#"{"triggered_by": "a"}"#,
+            400,
+            "validation_failed",
+            "pattern",
+        ),
+        (
+            "/invalidate/pattern",
+            r#"{"pattern": "", "triggered_by": "a"}"#,
+            400,
+            "validation_failed",
+            "pattern",
+        ),
+        (
+            "/invalidate/pattern",
+            r#"{"pattern": "a", "pattern_type": "x", "triggered_by": "a"}"#,
+            400,
+            "validation_failed",
+            "pattern_type",
+        ),
+        (
+            "/invalidate/pattern",
+            r#"{"pattern": "a*", "cache_keys": "x", "triggered_by": "a"}"#,
+            400,
+            "validation_failed",
+            "cache_keys",
+        ),
     ];
     for (path, body, status, c, f) in cases {
         let (st, v) = s.post_raw(path, body, None).await;
@@ -126,33 +211,90 @@ async fn validation_errors_name_fields() {
 async fn limits_are_enforced() {
     let s = TestServer::start().await;
     let long = "k".repeat(1025);
-    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": [long], "triggered_by": "x"}), None).await;
-    assert_eq!((st, code(&v), field(&v)), (400, "validation_failed", "keys"));
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": [long], "triggered_by": "x"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, code(&v), field(&v)),
+        (400, "validation_failed", "keys")
+    );
     let many: Vec<String> = (0..10_001).map(|i| format!("k{i}")).collect();
-    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": many, "triggered_by": "x"}), None).await;
-    assert_eq!((st, code(&v), field(&v)), (400, "validation_failed", "keys"));
-    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x".repeat(257)}), None).await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": many, "triggered_by": "x"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, code(&v), field(&v)),
+        (400, "validation_failed", "keys")
+    );
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["a"], "triggered_by": "x".repeat(257)}),
+            None,
+        )
+        .await;
     assert_eq!((st, field(&v)), (400, "triggered_by"));
-    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x", "request_id": "r".repeat(129)}), None).await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["a"], "triggered_by": "x", "request_id": "r".repeat(129)}),
+            None,
+        )
+        .await;
     assert_eq!((st, field(&v)), (400, "request_id"));
-    let (st, v) = s.post_json("/invalidate/pattern", &json!({"pattern": "p".repeat(1025), "triggered_by": "x"}), None).await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/pattern",
+            &json!({"pattern": "p".repeat(1025), "triggered_by": "x"}),
+            None,
+        )
+        .await;
     assert_eq!((st, field(&v)), (400, "pattern"));
     // 413 only for bytes over the body limit.
-    let big = format!(r#"{{"keys": ["a"], "triggered_by": "x", "pad": "{}"}}"#, "x".repeat(1 << 20));
+    let big = format!(
+        r#"{{"keys": ["a"], "triggered_by": "x", "pad": "{}"}}"#,
+        "x".repeat(1 << 20)
+    );
     let (st, v) = s.post_raw("/invalidate/key", &big, None).await;
     assert_eq!((st, code(&v)), (413, "payload_too_large"));
     // The pattern endpoint takes 8 MiB.
-    let big = format!(r#"{{"pattern": "a*", "triggered_by": "x", "pad": "{}"}}"#, "x".repeat(2 << 20));
+    let big = format!(
+        r#"{{"pattern": "a*", "triggered_by": "x", "pad": "{}"}}"#,
+        "x".repeat(2 << 20)
+    );
     let (st, _) = s.post_raw("/invalidate/pattern", &big, None).await;
     assert_eq!(st, 200);
 }
 
 #[tokio::test]
 async fn configured_limits_apply() {
-    let s = TestServer::builder().config_toml("[limits]\nmax_keys = 2\nmax_body_bytes = 200\n").start().await;
-    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["a", "b", "c"], "triggered_by": "x"}), None).await;
+    let s = TestServer::builder()
+        .config_toml("[limits]\nmax_keys = 2\nmax_body_bytes = 200\n")
+        .start()
+        .await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["a", "b", "c"], "triggered_by": "x"}),
+            None,
+        )
+        .await;
     assert_eq!((st, field(&v)), (400, "keys"));
-    let (st, _) = s.post_raw("/invalidate/key", &format!(r#"{{"keys":["a"],"triggered_by":"{}"}}"#, "x".repeat(200)), None).await;
+    let (st, _) = s
+        .post_raw(
+            "/invalidate/key",
+            &format!(r#"{{"keys":["a"],"triggered_by":"{}"}}"#, "x".repeat(200)),
+            None,
+        )
+        .await;
     assert_eq!(st, 413);
 }
 
@@ -175,9 +317,19 @@ async fn health_and_metrics() {
     assert_eq!(s.get("/healthz", None).await.0, 200);
     assert_eq!(s.get("/readyz", None).await.0, 200);
     for i in 0..3 {
-        s.post_json("/invalidate/key", &json!({"keys": [format!("user:{i}"), "order:1"], "triggered_by": "x"}), None).await;
+        s.post_json(
+            "/invalidate/key",
+            &json!({"keys": [format!("user:{i}"), "order:1"], "triggered_by": "x"}),
+            None,
+        )
+        .await;
     }
-    s.post_json("/invalidate/pattern", &json!({"pattern": "user:*", "triggered_by": "x", "cache_keys": ["user:1"]}), None).await;
+    s.post_json(
+        "/invalidate/pattern",
+        &json!({"pattern": "user:*", "triggered_by": "x", "cache_keys": ["user:1"]}),
+        None,
+    )
+    .await;
     let (st, m) = s.get_json("/invalidate/metrics", None).await;
     assert_eq!(st, 200);
     let inv = &m["invalidations"];
@@ -185,7 +337,10 @@ async fn health_and_metrics() {
     assert_eq!(inv["keys_total"], 7);
     assert_eq!(inv["by_type"]["exact"], 3);
     assert_eq!(inv["by_type"]["prefix"], 1);
-    assert_eq!(inv["top_patterns"][0], json!({"pattern": "user:*", "count": 1}));
+    assert_eq!(
+        inv["top_patterns"][0],
+        json!({"pattern": "user:*", "count": 1})
+    );
     assert_eq!(inv["top_prefixes"][0]["prefix"], "user");
     assert!(inv["per_second_1m"].as_f64().unwrap() > 0.0);
     assert_eq!(m["latency_us"]["count"], 4);
@@ -213,15 +368,39 @@ async fn idempotency() {
     assert_eq!(dup["seq"], first["seq"]);
     assert_eq!(dup["published_at"], first["published_at"]);
     // Different body: 409.
-    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["c"], "triggered_by": "x", "request_id": "same"}), None).await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["c"], "triggered_by": "x", "request_id": "same"}),
+            None,
+        )
+        .await;
     assert_eq!((st, code(&v)), (409, "request_id_conflict"));
     // Other endpoint: 409.
-    let (st, _) = s.post_json("/invalidate/pattern", &json!({"pattern": "a*", "triggered_by": "x", "request_id": "same"}), None).await;
+    let (st, _) = s
+        .post_json(
+            "/invalidate/pattern",
+            &json!({"pattern": "a*", "triggered_by": "x", "request_id": "same"}),
+            None,
+        )
+        .await;
     assert_eq!(st, 409);
     // A refused request does not reserve its id.
-    let (st, _) = s.post_json("/invalidate/key", &json!({"keys": [], "triggered_by": "x", "request_id": "fresh"}), None).await;
+    let (st, _) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": [], "triggered_by": "x", "request_id": "fresh"}),
+            None,
+        )
+        .await;
     assert_eq!(st, 400);
-    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["z"], "triggered_by": "x", "request_id": "fresh"}), None).await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["z"], "triggered_by": "x", "request_id": "fresh"}),
+            None,
+        )
+        .await;
     assert_eq!((st, &v["duplicate"]), (200, &json!(false)));
     let (_, m) = s.get_json("/invalidate/metrics", None).await;
     assert_eq!(m["invalidations"]["duplicates"], 1);
@@ -235,7 +414,12 @@ async fn idempotency_concurrent_same_id_publishes_once() {
     for _ in 0..20 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.post_json("/invalidate/key", &json!({"keys": ["k"], "triggered_by": "x", "request_id": "race"}), None).await
+            s.post_json(
+                "/invalidate/key",
+                &json!({"keys": ["k"], "triggered_by": "x", "request_id": "race"}),
+                None,
+            )
+            .await
         }));
     }
     let mut seqs = std::collections::HashSet::new();
@@ -284,31 +468,96 @@ async fn auth_scopes_prefixes_and_rate_limits() {
     assert_eq!((st, code(&v)), (401, "unauthorized"));
     let (st, _) = s.post_json("/invalidate/key", &body, Some("wrong")).await;
     assert_eq!(st, 401);
-    let (st, v) = s.post_json("/invalidate/key", &body, Some("orders-secret")).await;
+    let (st, v) = s
+        .post_json("/invalidate/key", &body, Some("orders-secret"))
+        .await;
     assert_eq!(st, 200, "{v}");
     // Outside its prefixes.
-    let (st, v) = s.post_json("/invalidate/key", &json!({"keys": ["orders:1", "users:1"], "triggered_by": "x"}), Some("orders-secret")).await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["orders:1", "users:1"], "triggered_by": "x"}),
+            Some("orders-secret"),
+        )
+        .await;
     assert_eq!((st, code(&v)), (403, "forbidden"));
-    let pat = |p: &str, t: Option<&str>| json!({"pattern": p, "pattern_type": t, "triggered_by": "x"});
-    assert_eq!(s.post_json("/invalidate/pattern", &pat("orders:1:*", None), Some("orders-secret")).await.0, 200);
-    assert_eq!(s.post_json("/invalidate/pattern", &pat("*:profile", None), Some("orders-secret")).await.0, 403);
-    assert_eq!(s.post_json("/invalidate/pattern", &pat("users:*", None), Some("orders-secret")).await.0, 403);
-    assert_eq!(s.post_json("/invalidate/pattern", &pat(".*", Some("regex")), Some("orders-secret")).await.0, 403);
+    let pat =
+        |p: &str, t: Option<&str>| json!({"pattern": p, "pattern_type": t, "triggered_by": "x"});
+    assert_eq!(
+        s.post_json(
+            "/invalidate/pattern",
+            &pat("orders:1:*", None),
+            Some("orders-secret")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        s.post_json(
+            "/invalidate/pattern",
+            &pat("*:profile", None),
+            Some("orders-secret")
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        s.post_json(
+            "/invalidate/pattern",
+            &pat("users:*", None),
+            Some("orders-secret")
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        s.post_json(
+            "/invalidate/pattern",
+            &pat(".*", Some("regex")),
+            Some("orders-secret")
+        )
+        .await
+        .0,
+        403
+    );
     // Missing scope.
-    let (st, v) = s.get_json("/invalidate/metrics", Some("orders-secret")).await;
+    let (st, v) = s
+        .get_json("/invalidate/metrics", Some("orders-secret"))
+        .await;
     assert_eq!((st, code(&v)), (403, "forbidden"));
     assert_eq!(s.get("/audit/logs", Some("orders-secret")).await.0, 403);
     assert_eq!(s.get("/audit/logs", Some("admin-secret")).await.0, 200);
-    assert_eq!(s.get("/invalidate/metrics", Some("admin-secret")).await.0, 200);
+    assert_eq!(
+        s.get("/invalidate/metrics", Some("admin-secret")).await.0,
+        200
+    );
     // Health needs no token.
     assert_eq!(s.get("/healthz", None).await.0, 200);
     assert_eq!(s.get("/readyz", None).await.0, 200);
     // Rate limit: burst 2, then 429 with Retry-After.
     let mut c = s.client().await;
     let b = json!({"keys": ["a"], "triggered_by": "x"}).to_string();
-    assert_eq!(c.post_json("/invalidate/key", b.clone(), Some("limited-secret")).await.unwrap().status, 200);
-    assert_eq!(c.post_json("/invalidate/key", b.clone(), Some("limited-secret")).await.unwrap().status, 200);
-    let r = c.post_json("/invalidate/key", b.clone(), Some("limited-secret")).await.unwrap();
+    assert_eq!(
+        c.post_json("/invalidate/key", b.clone(), Some("limited-secret"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        c.post_json("/invalidate/key", b.clone(), Some("limited-secret"))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let r = c
+        .post_json("/invalidate/key", b.clone(), Some("limited-secret"))
+        .await
+        .unwrap();
     assert_eq!(r.status, 429);
     assert_eq!(code(&r.json()), "rate_limited");
     assert!(r.retry_after.is_some());
@@ -331,13 +580,42 @@ async fn garbage_never_breaks_the_server() {
     let s = TestServer::start().await;
     let mut rng = fastrand::Rng::with_seed(7);
     let fragments = [
-        "{", "}", "[", "]", "\"keys\"", "\"pattern\"", ":", ",", "\"triggered_by\"", "\"x\"", "null", "1e999",
-        "\"\\u0000\"", "\"\\ud800\"", "true", "-0", "\"*\"", "\"[\"", "\"pattern_type\"", "\"regex\"", "\"(\"",
-        "\"cache_keys\"", "\"request_id\"", "\u{feff}", "\\", "9999999999999999999999",
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"keys\"",
+        "\"pattern\"",
+        ":",
+        ",",
+        "\"triggered_by\"",
+        "\"x\"",
+        "null",
+        "1e999",
+        "\"\\u0000\"",
+        "\"\\ud800\"",
+        "true",
+        "-0",
+        "\"*\"",
+        "\"[\"",
+        "\"pattern_type\"",
+        "\"regex\"",
+        "\"(\"",
+        "\"cache_keys\"",
+        "\"request_id\"",
+        "\u{feff}",
+        "\\",
+        "9999999999999999999999",
     ];
     for i in 0..400 {
-        let body: String = (0..rng.usize(0..24)).map(|_| fragments[rng.usize(..fragments.len())]).collect();
-        let path = if i % 2 == 0 { "/invalidate/key" } else { "/invalidate/pattern" };
+        let body: String = (0..rng.usize(0..24))
+            .map(|_| fragments[rng.usize(..fragments.len())])
+            .collect();
+        let path = if i % 2 == 0 {
+            "/invalidate/key"
+        } else {
+            "/invalidate/pattern"
+        };
         let (st, v) = s.post_raw(path, &body, None).await;
         assert!(st < 500, "{body} -> {st} {v}");
         if st != 200 {
@@ -357,7 +635,12 @@ async fn garbage_never_breaks_the_server() {
 #[tokio::test]
 async fn sigterm_exits_zero() {
     let mut s = TestServer::start().await;
-    s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x"}), None).await;
+    s.post_json(
+        "/invalidate/key",
+        &json!({"keys": ["a"], "triggered_by": "x"}),
+        None,
+    )
+    .await;
     assert_eq!(s.sigterm(), 0);
 }
 
@@ -365,10 +648,22 @@ async fn sigterm_exits_zero() {
 async fn seq_keeps_growing_across_restarts() {
     let dir = common::fresh_dir("restart");
     let mut s = TestServer::builder().data_dir(&dir).start().await;
-    let (_, v) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x"}), None).await;
+    let (_, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["a"], "triggered_by": "x"}),
+            None,
+        )
+        .await;
     let before = v["seq"].as_u64().unwrap();
     s.kill();
     let s = TestServer::builder().data_dir(&dir).start().await;
-    let (_, v) = s.post_json("/invalidate/key", &json!({"keys": ["a"], "triggered_by": "x"}), None).await;
+    let (_, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["a"], "triggered_by": "x"}),
+            None,
+        )
+        .await;
     assert!(v["seq"].as_u64().unwrap() > before);
 }

@@ -26,6 +26,16 @@
 //!   connect and migrate in the background with exponential backoff.
 //! - **Immutable.** UPDATE, DELETE and TRUNCATE are rejected by triggers in the database.
 //!
+//! - **Idempotency across restarts.** [`AuditPipeline::find_request`] reads the spool, then
+//!   the store; while the store is down only the spool (see its doc).
+//!
+//! Measured (`cargo bench --bench audit`, 2 shared cores under other builds, 4 runs): the
+//! pipeline into PostgreSQL 54k-92k rows/s (5,000-row binary COPY), plain COPY 47k-70k,
+//! replay path (temp table + ON CONFLICT) 37k-50k, one autocommit INSERT per row 266-1,259
+//! rows/s; SQLite 37k-50k rows/s. First page on 1,000,000 rows, p99: 5-8 ms unfiltered or
+//! with `triggered_by`/`key`/`pattern`/`request_id`, 12-20 ms for a 40,000-row time range
+//! (PostgreSQL); under 7 ms for every filter on SQLite.
+//!
 //! Cost on the request path: one `mpsc` reserve + send (no allocation beyond the record).
 //! Memory: the channel (`channel_capacity` records, each an `Arc` and a hash string), one
 //! batch, the spool index (one entry per spooled record) and two HDR histograms.

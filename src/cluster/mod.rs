@@ -109,7 +109,10 @@ impl Cluster {
             .max_reconnects(None)
             .connect(url)
             .await
-            .map_err(|e| ClusterError::Connect { url: url.into(), message: e.to_string() })?;
+            .map_err(|e| ClusterError::Connect {
+                url: url.into(),
+                message: e.to_string(),
+            })?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_millis(cfg.publish_timeout_ms));
         let wanted = stream::Config {
@@ -125,7 +128,11 @@ impl Cluster {
             .get_or_create_stream(wanted.clone())
             .await
             .map_err(|e| ClusterError::Stream(e.to_string()))?;
-        let info = s.info().await.map_err(|e| ClusterError::Stream(e.to_string()))?.clone();
+        let info = s
+            .info()
+            .await
+            .map_err(|e| ClusterError::Stream(e.to_string()))?
+            .clone();
         check_config(&info.config, &wanted)?;
         let epoch = format!("js-{:x}", info.created.unix_timestamp_nanos());
         Ok(Arc::new(Cluster {
@@ -157,7 +164,9 @@ impl Cluster {
     /// Publish an accepted invalidation; returns (stream sequence, duplicate).
     pub async fn publish(&self, event: &WireEvent) -> Result<(u64, bool), ApiError> {
         if !self.ready() {
-            return Err(ApiError::unavailable("NATS is unreachable; the invalidation was not accepted"));
+            return Err(ApiError::unavailable(
+                "NATS is unreachable; the invalidation was not accepted",
+            ));
         }
         let payload = serde_json::to_vec(event)
             .map_err(|e| ApiError::unavailable(format!("cannot encode event: {e}")))?;
@@ -168,7 +177,11 @@ impl Cluster {
             tracing::warn!(request_id = %event.request_id, error = %e, "JetStream publish failed");
             ApiError::unavailable("NATS did not acknowledge the invalidation; it was not accepted")
         };
-        let ack = self.js.send_publish(self.subject.clone(), msg).await.map_err(|e| unavailable(&e))?;
+        let ack = self
+            .js
+            .send_publish(self.subject.clone(), msg)
+            .await
+            .map_err(|e| unavailable(&e))?;
         let ack = ack.await.map_err(|e| unavailable(&e))?;
         Ok((ack.sequence, ack.duplicate))
     }
@@ -180,8 +193,12 @@ impl Cluster {
             .get_stream_no_info(&self.stream)
             .await
             .map_err(|e| ApiError::unavailable(format!("JetStream: {e}")))?;
-        let m = s.get_raw_message(seq).await.map_err(|e| ApiError::unavailable(format!("JetStream: {e}")))?;
-        serde_json::from_slice(&m.payload).map_err(|e| ApiError::unavailable(format!("bad stream message {seq}: {e}")))
+        let m = s
+            .get_raw_message(seq)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("JetStream: {e}")))?;
+        serde_json::from_slice(&m.payload)
+            .map_err(|e| ApiError::unavailable(format!("bad stream message {seq}: {e}")))
     }
 
     /// Consume the stream forever, handing each event to `hub` in stream order. Starts far
@@ -228,7 +245,8 @@ impl Cluster {
             // The events we were about to deliver have expired from the stream.
             tracing::warn!(next, first, "stream history no longer reaches our position");
             hub.reset_all(crate::fanout::ResetReason::HistoryGap);
-            self.delivered.store(first.saturating_sub(1), Ordering::Release);
+            self.delivered
+                .store(first.saturating_sub(1), Ordering::Release);
         }
         let start_sequence = self.delivered.load(Ordering::Acquire) + 1;
         let consumer = s
@@ -257,7 +275,14 @@ impl Cluster {
 
 impl Cluster {
     /// Audit (if this node accepted it) and hand one stream event to the hub.
-    async fn deliver(&self, ev: WireEvent, seq: u64, hub: &Hub, patterns: &PatternCache, audit: &AuditPipeline) {
+    async fn deliver(
+        &self,
+        ev: WireEvent,
+        seq: u64,
+        hub: &Hub,
+        patterns: &PatternCache,
+        audit: &AuditPipeline,
+    ) {
         let ours = ev.node_id == hub.node_id();
         let body_hash = ev.body_hash.clone();
         let inv = match ev.into_invalidation(seq, patterns) {
@@ -281,7 +306,11 @@ impl Cluster {
         };
         hub.publish(inv.clone());
         let latency_us = (crate::time::now_us() - inv.published_at_us).max(0) as u64;
-        permit.send(AuditRecord { inv, latency_us, body_hash });
+        permit.send(AuditRecord {
+            inv,
+            latency_us,
+            body_hash,
+        });
     }
 }
 
@@ -289,15 +318,26 @@ impl Cluster {
 /// contract (another subject set, no dedup window, or memory storage that loses history).
 fn check_config(have: &stream::Config, want: &stream::Config) -> Result<(), ClusterError> {
     if have.subjects != want.subjects {
-        return Err(ClusterError::Conflict(format!("subjects are {:?}, expected {:?}", have.subjects, want.subjects)));
+        return Err(ClusterError::Conflict(format!(
+            "subjects are {:?}, expected {:?}",
+            have.subjects, want.subjects
+        )));
     }
     if have.duplicate_window.is_zero() {
-        return Err(ClusterError::Conflict("duplicate_window is 0: request_id deduplication is off".into()));
+        return Err(ClusterError::Conflict(
+            "duplicate_window is 0: request_id deduplication is off".into(),
+        ));
     }
     if have.retention != stream::RetentionPolicy::Limits {
-        return Err(ClusterError::Conflict(format!("retention is {:?}, expected Limits", have.retention)));
+        return Err(ClusterError::Conflict(format!(
+            "retention is {:?}, expected Limits",
+            have.retention
+        )));
     }
-    if have.max_age != want.max_age || have.max_messages != want.max_messages || have.duplicate_window != want.duplicate_window {
+    if have.max_age != want.max_age
+        || have.max_messages != want.max_messages
+        || have.duplicate_window != want.duplicate_window
+    {
         tracing::warn!(
             have_max_age = ?have.max_age, want_max_age = ?want.max_age,
             have_max_messages = have.max_messages, want_max_messages = want.max_messages,

@@ -41,7 +41,11 @@ pub(super) fn of(inv: &Invalidation, body_hash: &str) -> WireEvent {
 
 impl WireEvent {
     /// Rebuild the invalidation at stream position `seq` (patterns compiled through the cache).
-    pub fn into_invalidation(self, seq: u64, patterns: &PatternCache) -> Result<Invalidation, PatternError> {
+    pub fn into_invalidation(
+        self,
+        seq: u64,
+        patterns: &PatternCache,
+    ) -> Result<Invalidation, PatternError> {
         let target = match (self.pattern, self.pattern_type) {
             (Some(p), Some(t)) => Target::Pattern {
                 pattern: patterns.get(&p, Some(t))?,

@@ -44,18 +44,40 @@ fn response(
 
 fn response_of(inv: &Invalidation) -> Value {
     let pattern = inv.pattern().map(|p| (p.source(), p.kind()));
-    response(&inv.request_id, inv.seq, inv.published_at_us, pattern, inv.keys(), inv.invalidated_count())
+    response(
+        &inv.request_id,
+        inv.seq,
+        inv.published_at_us,
+        pattern,
+        inv.keys(),
+        inv.invalidated_count(),
+    )
 }
 
 fn response_of_stored(s: &StoredRequest) -> Value {
     let pattern = s.pattern.as_deref().zip(s.pattern_type);
-    let count = if pattern.is_some() { s.matched_count } else { s.keys.len() as u64 };
-    response(&s.request_id, s.seq, s.published_at_us, pattern, &s.keys, count)
+    let count = if pattern.is_some() {
+        s.matched_count
+    } else {
+        s.keys.len() as u64
+    };
+    response(
+        &s.request_id,
+        s.seq,
+        s.published_at_us,
+        pattern,
+        &s.keys,
+        count,
+    )
 }
 
 /// `inv-<unix_ms>-<random>`.
 fn generate_request_id() -> String {
-    format!("inv-{}-{}", crate::time::now_us() / 1000, fastrand::u32(..1_000_000_000))
+    format!(
+        "inv-{}-{}",
+        crate::time::now_us() / 1000,
+        fastrand::u32(..1_000_000_000)
+    )
 }
 
 /// A settled earlier request: its response marked duplicate, or 409 if the body differs.
@@ -67,7 +89,10 @@ fn replay(app: &App, settled: &Settled, fingerprint: &str) -> Result<Value, ApiE
             "request_id was already used with a different body or endpoint",
         ));
     }
-    app.metrics.requests.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    app.metrics
+        .requests
+        .duplicates
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut v = (*settled.response).clone();
     v["duplicate"] = Value::Bool(true);
     Ok(v)
@@ -96,32 +121,50 @@ where
     };
     match app.audit.find_request(&id).await {
         Ok(Some(stored)) => {
-            let settled =
-                Settled { fingerprint: stored.body_hash.clone(), response: Arc::new(response_of_stored(&stored)) };
+            let settled = Settled {
+                fingerprint: stored.body_hash.clone(),
+                response: Arc::new(response_of_stored(&stored)),
+            };
             guard.complete(settled.clone());
             return replay(app, &settled, &fingerprint);
         }
         Ok(None) => {}
         Err(e) => {
             tracing::warn!(request_id = %id, error = %e, "idempotency lookup failed");
-            return Err(ApiError::unavailable("cannot check request_id against the audit store"));
+            return Err(ApiError::unavailable(
+                "cannot check request_id against the audit store",
+            ));
         }
     }
     match publish(id).await? {
         Published::Fresh(inv) => {
             let resp = response_of(&inv);
-            guard.complete(Settled { fingerprint, response: Arc::new(resp.clone()) });
+            guard.complete(Settled {
+                fingerprint,
+                response: Arc::new(resp.clone()),
+            });
             Ok(resp)
         }
-        Published::Duplicate { fingerprint: original, inv } => {
-            let settled = Settled { fingerprint: original, response: Arc::new(response_of(&inv)) };
+        Published::Duplicate {
+            fingerprint: original,
+            inv,
+        } => {
+            let settled = Settled {
+                fingerprint: original,
+                response: Arc::new(response_of(&inv)),
+            };
             guard.complete(settled.clone());
             replay(app, &settled, &fingerprint)
         }
     }
 }
 
-pub async fn keys(app: &App, who: &Principal, body: Bytes, received: Instant) -> Result<Value, ApiError> {
+pub async fn keys(
+    app: &App,
+    who: &Principal,
+    body: Bytes,
+    received: Instant,
+) -> Result<Value, ApiError> {
     let req = parse_key_request(&body, &app.config.limits)?;
     if let Some(k) = req.keys.iter().find(|k| !who.allows_key(k)) {
         return Err(ApiError::field(
@@ -130,18 +173,27 @@ pub async fn keys(app: &App, who: &Principal, body: Bytes, received: Instant) ->
             format!("key {k:?} is outside the prefixes this token may invalidate"),
         ));
     }
-    let fingerprint = req.request_id.as_ref().map(|_| body_fingerprint(Endpoint::Keys, &body)).unwrap_or_default();
-    idempotent(app, req.request_id, fingerprint.clone(), |request_id| async move {
-        let draft = Draft {
-            request_id,
-            triggered_by: req.triggered_by,
-            token_name: who.name.clone(),
-            target: Target::Keys(req.keys),
-            body_hash: fingerprint,
-            received,
-        };
-        app.publisher.publish(draft).await
-    })
+    let fingerprint = req
+        .request_id
+        .as_ref()
+        .map(|_| body_fingerprint(Endpoint::Keys, &body))
+        .unwrap_or_default();
+    idempotent(
+        app,
+        req.request_id,
+        fingerprint.clone(),
+        |request_id| async move {
+            let draft = Draft {
+                request_id,
+                triggered_by: req.triggered_by,
+                token_name: who.name.clone(),
+                target: Target::Keys(req.keys),
+                body_hash: fingerprint,
+                received,
+            };
+            app.publisher.publish(draft).await
+        },
+    )
     .await
 }
 
@@ -155,9 +207,17 @@ pub fn pattern_error(e: PatternError) -> ApiError {
     ApiError::field(code, "pattern", e.to_string())
 }
 
-pub async fn pattern(app: &App, who: &Principal, body: Bytes, received: Instant) -> Result<Value, ApiError> {
+pub async fn pattern(
+    app: &App,
+    who: &Principal,
+    body: Bytes,
+    received: Instant,
+) -> Result<Value, ApiError> {
     let req = parse_pattern_request(&body, &app.config.limits)?;
-    let pattern = app.patterns.get(&req.pattern, req.pattern_type).map_err(pattern_error)?;
+    let pattern = app
+        .patterns
+        .get(&req.pattern, req.pattern_type)
+        .map_err(pattern_error)?;
     if !who.allows_pattern(&pattern) {
         return Err(ApiError::field(
             ErrorCode::Forbidden,
@@ -165,21 +225,33 @@ pub async fn pattern(app: &App, who: &Principal, body: Bytes, received: Instant)
             "pattern may match keys outside the prefixes this token may invalidate",
         ));
     }
-    let fingerprint =
-        req.request_id.as_ref().map(|_| body_fingerprint(Endpoint::Pattern, &body)).unwrap_or_default();
+    let fingerprint = req
+        .request_id
+        .as_ref()
+        .map(|_| body_fingerprint(Endpoint::Pattern, &body))
+        .unwrap_or_default();
     let cap = app.config.limits.max_matched_keys;
-    idempotent(app, req.request_id, fingerprint.clone(), |request_id| async move {
-        let (matched_keys, matched_count) = resolve(app, &pattern, req.cache_keys, cap);
-        let draft = Draft {
-            request_id,
-            triggered_by: req.triggered_by,
-            token_name: who.name.clone(),
-            target: Target::Pattern { pattern, matched_keys, matched_count },
-            body_hash: fingerprint,
-            received,
-        };
-        app.publisher.publish(draft).await
-    })
+    idempotent(
+        app,
+        req.request_id,
+        fingerprint.clone(),
+        |request_id| async move {
+            let (matched_keys, matched_count) = resolve(app, &pattern, req.cache_keys, cap);
+            let draft = Draft {
+                request_id,
+                triggered_by: req.triggered_by,
+                token_name: who.name.clone(),
+                target: Target::Pattern {
+                    pattern,
+                    matched_keys,
+                    matched_count,
+                },
+                body_hash: fingerprint,
+                received,
+            };
+            app.publisher.publish(draft).await
+        },
+    )
     .await
 }
 
@@ -192,11 +264,19 @@ fn resolve(
     cache_keys: Vec<String>,
     cap: usize,
 ) -> (Vec<String>, u64) {
-    let mut matched: Vec<String> = cache_keys.into_iter().filter(|k| pattern.is_match(k)).collect();
-    let (tracked, tracked_count) = app.hub.tracked_matches(pattern, cap.saturating_add(matched.len()));
+    let mut matched: Vec<String> = cache_keys
+        .into_iter()
+        .filter(|k| pattern.is_match(k))
+        .collect();
+    let (tracked, tracked_count) = app
+        .hub
+        .tracked_matches(pattern, cap.saturating_add(matched.len()));
     let sent: std::collections::HashSet<&str> = matched.iter().map(String::as_str).collect();
     let overlap = tracked.iter().filter(|k| sent.contains(k.as_str())).count() as u64;
-    let extra: Vec<String> = tracked.into_iter().filter(|k| !sent.contains(k.as_str())).collect();
+    let extra: Vec<String> = tracked
+        .into_iter()
+        .filter(|k| !sent.contains(k.as_str()))
+        .collect();
     let count = matched.len() as u64 + tracked_count.saturating_sub(overlap);
     matched.extend(extra);
     matched.truncate(cap);

@@ -30,7 +30,10 @@ pub type Body = Full<Bytes>;
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from(v.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -39,7 +42,8 @@ pub fn error_response(app: &App, e: &ApiError) -> Response<Body> {
     app.metrics.requests.rejected(e.code);
     let mut resp = json_response(e.code.status(), &e.body());
     if let Some(secs) = e.retry_after {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
@@ -58,13 +62,27 @@ const ROUTES: &[(&str, &str)] = &[
 
 /// `?token=` of a WebSocket URL.
 fn query_token(query: Option<&str>) -> Option<&str> {
-    query?.split('&').find_map(|kv| kv.strip_prefix("token=")).filter(|t| !t.is_empty())
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .filter(|t| !t.is_empty())
 }
 
-fn authenticate(app: &App, req: &Request<Incoming>, scope: Scope) -> Result<Arc<Principal>, ApiError> {
-    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+fn authenticate(
+    app: &App,
+    req: &Request<Incoming>,
+    scope: Scope,
+) -> Result<Arc<Principal>, ApiError> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let secret = bearer(header).or_else(|| {
-        if scope == Scope::Subscribe { query_token(req.uri().query()) } else { None }
+        if scope == Scope::Subscribe {
+            query_token(req.uri().query())
+        } else {
+            None
+        }
     });
     app.auth.authenticate(secret, scope)
 }
@@ -72,9 +90,15 @@ fn authenticate(app: &App, req: &Request<Incoming>, scope: Scope) -> Result<Arc<
 /// Read the whole body, refusing more than `limit` bytes with 413.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
-        ApiError::new(ErrorCode::PayloadTooLarge, format!("request body is over the limit of {limit} bytes"))
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("request body is over the limit of {limit} bytes"),
+        )
     };
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok())
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
         && len.parse::<u64>().is_ok_and(|n| n > limit as u64)
     {
         return Err(too_large());
@@ -82,7 +106,10 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::validation("body", format!("cannot read request body: {e}"))),
+        Err(e) => Err(ApiError::validation(
+            "body",
+            format!("cannot read request body: {e}"),
+        )),
     }
 }
 
@@ -102,7 +129,8 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
             if e.code == ErrorCode::MethodNotAllowed
                 && let Some((_, allow)) = ROUTES.iter().find(|(p, _)| *p == path)
             {
-                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             resp
         }
@@ -134,7 +162,7 @@ async fn route(
         }
         (&Method::GET, "/metrics") => {
             authenticate(app, &req, Scope::Metrics)?;
-            let text = snapshot(app, |s| prometheus_text(s));
+            let text = snapshot(app, prometheus_text);
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -146,7 +174,10 @@ async fn route(
         (&Method::GET, "/readyz") => readyz(app),
         (&Method::GET, "/audit/logs") => {
             authenticate(app, &req, Scope::AuditRead)?;
-            Ok(ok(app.audit.query_logs(req.uri().query().unwrap_or("")).await?))
+            Ok(ok(app
+                .audit
+                .query_logs(req.uri().query().unwrap_or(""))
+                .await?))
         }
         (&Method::GET, "/ws") => {
             let who = authenticate(app, &req, Scope::Subscribe)?;
@@ -156,7 +187,10 @@ async fn route(
             ErrorCode::MethodNotAllowed,
             format!("{method} is not allowed on {path}"),
         )),
-        _ => Err(ApiError::new(ErrorCode::NotFound, format!("no route for {path}"))),
+        _ => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no route for {path}"),
+        )),
     }
 }
 
@@ -174,7 +208,10 @@ fn readyz(app: &App) -> Result<Response<Body>, ApiError> {
     let audit = app.audit.ready();
     let cluster = app.cluster_ready();
     if audit && cluster {
-        return Ok(json_response(StatusCode::OK, &json!({"status": "ready", "audit_store": true, "cluster": cluster})));
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"status": "ready", "audit_store": true, "cluster": cluster}),
+        ));
     }
     let mut what = Vec::new();
     if !audit {
@@ -183,5 +220,8 @@ fn readyz(app: &App) -> Result<Response<Body>, ApiError> {
     if !cluster {
         what.push("NATS is unreachable");
     }
-    Err(ApiError::unavailable(format!("not ready: {}", what.join(" and "))))
+    Err(ApiError::unavailable(format!(
+        "not ready: {}",
+        what.join(" and ")
+    )))
 }

@@ -57,12 +57,18 @@ fn split(body: &[u8]) -> Result<RawBody<'_>, ApiError> {
         // serde would map a JSON array onto the struct's fields: refuse anything but an object.
         return match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
             Ok(_) => Err(not_object()),
-            Err(e) => Err(ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}"))),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("request body is not valid JSON: {e}"),
+            )),
         };
     }
     serde_json::from_slice::<RawBody>(body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => not_object(),
-        _ => ApiError::new(ErrorCode::InvalidJson, format!("request body is not valid JSON: {e}")),
+        _ => ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("request body is not valid JSON: {e}"),
+        ),
     })
 }
 
@@ -88,7 +94,10 @@ fn required<T>(v: Option<T>, field: &'static str) -> Result<T, ApiError> {
 /// No empty strings, no ASCII control characters, at most `max` bytes.
 fn check_text(s: &str, field: &'static str, what: &str, max: usize) -> Result<(), ApiError> {
     if s.is_empty() {
-        return Err(ApiError::validation(field, format!("{what} must not be empty")));
+        return Err(ApiError::validation(
+            field,
+            format!("{what} must not be empty"),
+        ));
     }
     if s.len() > max {
         return Err(ApiError::validation(
@@ -105,16 +114,25 @@ fn check_text(s: &str, field: &'static str, what: &str, max: usize) -> Result<()
     Ok(())
 }
 
-fn common(
-    raw: &RawBody<'_>,
-    limits: &Limits,
-) -> Result<(String, Option<String>), ApiError> {
-    let triggered_by: String =
-        required(decode(raw.triggered_by, "triggered_by", "a string")?, "triggered_by")?;
-    check_text(&triggered_by, "triggered_by", "`triggered_by`", limits.max_triggered_by_bytes)?;
+fn common(raw: &RawBody<'_>, limits: &Limits) -> Result<(String, Option<String>), ApiError> {
+    let triggered_by: String = required(
+        decode(raw.triggered_by, "triggered_by", "a string")?,
+        "triggered_by",
+    )?;
+    check_text(
+        &triggered_by,
+        "triggered_by",
+        "`triggered_by`",
+        limits.max_triggered_by_bytes,
+    )?;
     let request_id: Option<String> = decode(raw.request_id, "request_id", "a string")?;
     if let Some(id) = &request_id {
-        check_text(id, "request_id", "`request_id`", limits.max_request_id_bytes)?;
+        check_text(
+            id,
+            "request_id",
+            "`request_id`",
+            limits.max_request_id_bytes,
+        )?;
     }
     Ok((triggered_by, request_id))
 }
@@ -129,7 +147,10 @@ fn key_list(
     if keys.len() > max_count {
         return Err(ApiError::validation(
             field,
-            format!("`{field}` has {} entries, over the limit of {max_count}", keys.len()),
+            format!(
+                "`{field}` has {} entries, over the limit of {max_count}",
+                keys.len()
+            ),
         ));
     }
     for k in &keys {
@@ -167,7 +188,11 @@ pub fn parse_key_request(body: &[u8], limits: &Limits) -> Result<KeyRequest, Api
     }
     let keys = key_list(keys, "keys", limits.max_keys, limits)?;
     let (triggered_by, request_id) = common(&raw, limits)?;
-    Ok(KeyRequest { keys, triggered_by, request_id })
+    Ok(KeyRequest {
+        keys,
+        triggered_by,
+        request_id,
+    })
 }
 
 pub fn parse_pattern_request(body: &[u8], limits: &Limits) -> Result<PatternRequest, ApiError> {
@@ -179,7 +204,9 @@ pub fn parse_pattern_request(body: &[u8], limits: &Limits) -> Result<PatternRequ
         Some(t) => Some(PatternType::parse(&t).ok_or_else(|| {
             ApiError::validation(
                 "pattern_type",
-                format!("`pattern_type` must be one of exact, prefix, suffix, glob, regex (got {t:?})"),
+                format!(
+                    "`pattern_type` must be one of exact, prefix, suffix, glob, regex (got {t:?})"
+                ),
             )
         })?),
     };
@@ -187,7 +214,13 @@ pub fn parse_pattern_request(body: &[u8], limits: &Limits) -> Result<PatternRequ
         decode(raw.cache_keys, "cache_keys", "an array of strings")?.unwrap_or_default();
     let cache_keys = key_list(cache_keys, "cache_keys", limits.max_cache_keys, limits)?;
     let (triggered_by, request_id) = common(&raw, limits)?;
-    Ok(PatternRequest { pattern, pattern_type, cache_keys, triggered_by, request_id })
+    Ok(PatternRequest {
+        pattern,
+        pattern_type,
+        cache_keys,
+        triggered_by,
+        request_id,
+    })
 }
 
 /// Which endpoint a body was sent to; part of the idempotency fingerprint so that one
@@ -260,14 +293,46 @@ mod tests {
         let cases: &[(&[u8], ErrorCode, Option<&str>)] = &[
             (b"{", ErrorCode::InvalidJson, None),
             (b"[1]", ErrorCode::ValidationFailed, Some("body")),
-            (br#"{"triggered_by":"x"}"#, ErrorCode::ValidationFailed, Some("keys")),
-            (br#"{"keys":[],"triggered_by":"x"}"#, ErrorCode::ValidationFailed, Some("keys")),
-            (br#"{"keys":"a","triggered_by":"x"}"#, ErrorCode::ValidationFailed, Some("keys")),
-            (br#"{"keys":[""],"triggered_by":"x"}"#, ErrorCode::ValidationFailed, Some("keys")),
-            (br#"{"keys":["a\u0001"],"triggered_by":"x"}"#, ErrorCode::ValidationFailed, Some("keys")),
-            (br#"{"keys":["a"]}"#, ErrorCode::ValidationFailed, Some("triggered_by")),
-            (br#"{"keys":["a"],"triggered_by":5}"#, ErrorCode::ValidationFailed, Some("triggered_by")),
-            (br#"{"keys":["a"],"triggered_by":"x","request_id":""}"#, ErrorCode::ValidationFailed, Some("request_id")),
+            (
+                br#"{"triggered_by":"x"}"#,
+                ErrorCode::ValidationFailed,
+                Some("keys"),
+            ),
+            (
+                br#"{"keys":[],"triggered_by":"x"}"#,
+                ErrorCode::ValidationFailed,
+                Some("keys"),
+            ),
+            (
+                br#"{"keys":"a","triggered_by":"x"}"#,
+                ErrorCode::ValidationFailed,
+                Some("keys"),
+            ),
+            (
+                br#"{"keys":[""],"triggered_by":"x"}"#,
+                ErrorCode::ValidationFailed,
+                Some("keys"),
+            ),
+            (
+                br#"{"keys":["a\u0001"],"triggered_by":"x"}"#,
+                ErrorCode::ValidationFailed,
+                Some("keys"),
+            ),
+            (
+                br#"{"keys":["a"]}"#,
+                ErrorCode::ValidationFailed,
+                Some("triggered_by"),
+            ),
+            (
+                br#"{"keys":["a"],"triggered_by":5}"#,
+                ErrorCode::ValidationFailed,
+                Some("triggered_by"),
+            ),
+            (
+                br#"{"keys":["a"],"triggered_by":"x","request_id":""}"#,
+                ErrorCode::ValidationFailed,
+                Some("request_id"),
+            ),
         ];
         for (body, code, field) in cases {
             let e = parse_key_request(body, &limits()).unwrap_err();
@@ -278,20 +343,38 @@ mod tests {
 
     #[test]
     fn pattern_type_is_checked() {
-        let e = parse_pattern_request(br#"{"pattern":"a","pattern_type":"fuzzy","triggered_by":"x"}"#, &limits())
-            .unwrap_err();
+        let e = parse_pattern_request(
+            br#"{"pattern":"a","pattern_type":"fuzzy","triggered_by":"x"}"#,
+            &limits(),
+        )
+        .unwrap_err();
         assert_eq!(e.field, Some("pattern_type"));
-        let ok = parse_pattern_request(br#"{"pattern":"a*","triggered_by":"x","cache_keys":["a1","a1"]}"#, &limits())
-            .unwrap();
+        let ok = parse_pattern_request(
+            br#"{"pattern":"a*","triggered_by":"x","cache_keys":["a1","a1"]}"#,
+            &limits(),
+        )
+        .unwrap();
         assert_eq!(ok.cache_keys, vec!["a1"]);
     }
 
     #[test]
     fn fingerprint_ignores_order_space_and_nulls() {
-        let a = body_fingerprint(Endpoint::Keys, br#"{"keys":["a"],"triggered_by":"x","request_id":"r"}"#);
-        let b = body_fingerprint(Endpoint::Keys, br#"{ "request_id":"r", "triggered_by":"x","keys":["a"], "cache_keys": null}"#);
-        let c = body_fingerprint(Endpoint::Pattern, br#"{"keys":["a"],"triggered_by":"x","request_id":"r"}"#);
-        let d = body_fingerprint(Endpoint::Keys, br#"{"keys":["b"],"triggered_by":"x","request_id":"r"}"#);
+        let a = body_fingerprint(
+            Endpoint::Keys,
+            br#"{"keys":["a"],"triggered_by":"x","request_id":"r"}"#,
+        );
+        let b = body_fingerprint(
+            Endpoint::Keys,
+            br#"{ "request_id":"r", "triggered_by":"x","keys":["a"], "cache_keys": null}"#,
+        );
+        let c = body_fingerprint(
+            Endpoint::Pattern,
+            br#"{"keys":["a"],"triggered_by":"x","request_id":"r"}"#,
+        );
+        let d = body_fingerprint(
+            Endpoint::Keys,
+            br#"{"keys":["b"],"triggered_by":"x","request_id":"r"}"#,
+        );
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_ne!(a, d);

@@ -63,7 +63,6 @@ struct Base {
     rev: Set<Vec<u8>>,
 }
 
-
 #[derive(Default)]
 struct State {
     keys: HashMap<Arc<str>, Vec<ConnId>>,

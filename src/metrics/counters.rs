@@ -22,7 +22,9 @@ impl RateWindow {
     pub fn new(start: Instant) -> Self {
         RateWindow {
             start,
-            buckets: (0..WINDOW_SECS).map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0))).collect(),
+            buckets: (0..WINDOW_SECS)
+                .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0)))
+                .collect(),
         }
     }
 
@@ -30,7 +32,11 @@ impl RateWindow {
         let sec = self.start.elapsed().as_secs();
         let (stamp, count) = &self.buckets[(sec % WINDOW_SECS) as usize];
         let old = stamp.load(Ordering::Acquire);
-        if old != sec && stamp.compare_exchange(old, sec, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if old != sec
+            && stamp
+                .compare_exchange(old, sec, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
             count.store(0, Ordering::Release);
         }
         count.fetch_add(n, Ordering::Relaxed);
@@ -63,7 +69,10 @@ pub struct TopK {
 
 impl TopK {
     pub fn new(cap: usize) -> Self {
-        TopK { cap: cap.max(1), counts: Mutex::new(HashMap::new()) }
+        TopK {
+            cap: cap.max(1),
+            counts: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Add `n` to each item (one lock for the batch).
@@ -74,8 +83,10 @@ impl TopK {
                 *c += n;
             } else if m.len() < self.cap {
                 m.insert(item.to_string(), n);
-            } else if let Some((min_key, min)) =
-                m.iter().min_by_key(|(_, c)| **c).map(|(k, c)| (k.clone(), *c))
+            } else if let Some((min_key, min)) = m
+                .iter()
+                .min_by_key(|(_, c)| **c)
+                .map(|(k, c)| (k.clone(), *c))
             {
                 m.remove(&min_key);
                 m.insert(item.to_string(), min + n);
@@ -144,7 +155,10 @@ impl RequestCounters {
     }
 
     pub fn rejected_total(&self) -> u64 {
-        self.rejected.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.rejected
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
     }
 }
 

@@ -35,7 +35,9 @@ impl LatencyHistogram {
         // Bounds are constants known to be valid: 1 ≤ low, high ≥ 2·low, sigfig ≤ 5.
         let h = Histogram::new_with_bounds(1, 60_000_000_000, 3)
             .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
-        LatencyHistogram { inner: Mutex::new(h) }
+        LatencyHistogram {
+            inner: Mutex::new(h),
+        }
     }
 
     /// Record one sample in microseconds (clamped into range).

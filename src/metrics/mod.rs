@@ -32,7 +32,11 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let started = Instant::now();
-        Metrics { started, requests: RequestCounters::new(started), latency: LatencyHistogram::new() }
+        Metrics {
+            started,
+            requests: RequestCounters::new(started),
+            latency: LatencyHistogram::new(),
+        }
     }
 
     /// Count one accepted invalidation.
@@ -40,13 +44,22 @@ impl Metrics {
         self.latency.record(latency_us);
         match &inv.target {
             Target::Keys(keys) => {
-                self.requests.accepted(PatternType::Exact, keys.len() as u64);
-                self.requests.top_prefixes.add_all(keys.iter().map(|k| (key_prefix(k), 1)));
+                self.requests
+                    .accepted(PatternType::Exact, keys.len() as u64);
+                self.requests
+                    .top_prefixes
+                    .add_all(keys.iter().map(|k| (key_prefix(k), 1)));
             }
-            Target::Pattern { pattern, matched_count, .. } => {
+            Target::Pattern {
+                pattern,
+                matched_count,
+                ..
+            } => {
                 self.requests.accepted(pattern.kind(), *matched_count);
                 self.requests.top_patterns.add_all([(pattern.source(), 1)]);
-                self.requests.top_prefixes.add_all(inv.keys().iter().map(|k| (key_prefix(k), 1)));
+                self.requests
+                    .top_prefixes
+                    .add_all(inv.keys().iter().map(|k| (key_prefix(k), 1)));
             }
         }
     }

@@ -74,7 +74,13 @@ impl Snapshot<'_> {
 
 fn summary(out: &mut String, name: &str, help: &str, s: &LatencySummary) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
-    for (q, v) in [("0.5", s.p50), ("0.9", s.p90), ("0.99", s.p99), ("0.999", s.p999), ("1", s.max)] {
+    for (q, v) in [
+        ("0.5", s.p50),
+        ("0.9", s.p90),
+        ("0.99", s.p99),
+        ("0.999", s.p999),
+        ("1", s.max),
+    ] {
         let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {v}");
     }
     let _ = writeln!(out, "{name}_sum {}", (s.mean * s.count as f64).round());
@@ -89,7 +95,9 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The same figures as [`Snapshot::to_json`], in Prometheus text exposition format 0.0.4.
@@ -98,48 +106,209 @@ pub fn prometheus_text(s: &Snapshot<'_>) -> String {
     let r = &s.metrics.requests;
     let mut out = String::with_capacity(4096);
     let one = |v: u64| vec![(String::new(), v as f64)];
-    metric(&mut out, "invalidator_uptime_seconds", "gauge", "Seconds since start.", &one(s.metrics.started.elapsed().as_secs()));
-    metric(&mut out, "invalidator_invalidations_total", "counter", "Accepted invalidations.", &one(r.total.load(Relaxed)));
-    metric(&mut out, "invalidator_invalidated_keys_total", "counter", "Keys invalidated (keys of key requests plus matched counts of pattern requests).", &one(r.keys_total.load(Relaxed)));
-    metric(&mut out, "invalidator_duplicates_total", "counter", "Requests answered from idempotency.", &one(r.duplicates.load(Relaxed)));
+    metric(
+        &mut out,
+        "invalidator_uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        &one(s.metrics.started.elapsed().as_secs()),
+    );
+    metric(
+        &mut out,
+        "invalidator_invalidations_total",
+        "counter",
+        "Accepted invalidations.",
+        &one(r.total.load(Relaxed)),
+    );
+    metric(
+        &mut out,
+        "invalidator_invalidated_keys_total",
+        "counter",
+        "Keys invalidated (keys of key requests plus matched counts of pattern requests).",
+        &one(r.keys_total.load(Relaxed)),
+    );
+    metric(
+        &mut out,
+        "invalidator_duplicates_total",
+        "counter",
+        "Requests answered from idempotency.",
+        &one(r.duplicates.load(Relaxed)),
+    );
     let by_type: Vec<(String, f64)> = PatternType::ALL
         .iter()
         .map(|t| (format!("{{type=\"{}\"}}", t.as_str()), r.by_type(*t) as f64))
         .collect();
-    metric(&mut out, "invalidator_invalidations_by_type_total", "counter", "Accepted invalidations by pattern type (key requests as exact).", &by_type);
+    metric(
+        &mut out,
+        "invalidator_invalidations_by_type_total",
+        "counter",
+        "Accepted invalidations by pattern type (key requests as exact).",
+        &by_type,
+    );
     let rejected: Vec<(String, f64)> = ErrorCode::ALL
         .iter()
-        .map(|c| (format!("{{code=\"{}\"}}", c.as_str()), r.rejected_by(*c) as f64))
+        .map(|c| {
+            (
+                format!("{{code=\"{}\"}}", c.as_str()),
+                r.rejected_by(*c) as f64,
+            )
+        })
         .collect();
-    metric(&mut out, "invalidator_rejected_total", "counter", "Requests answered with an error, by code.", &rejected);
-    metric(&mut out, "invalidator_invalidations_per_second", "gauge", "Mean accepted invalidations per second over a window.", &[
-        ("{window=\"1m\"}".into(), r.rate.per_second(60)),
-        ("{window=\"5m\"}".into(), r.rate.per_second(300)),
-    ]);
-    let top_p: Vec<(String, f64)> = r.top_patterns.top(10).into_iter()
-        .map(|(p, c)| (format!("{{pattern=\"{}\"}}", escape(&p)), c as f64)).collect();
-    metric(&mut out, "invalidator_top_pattern_invalidations", "gauge", "Most invalidated patterns (top 10).", &top_p);
-    let top_k: Vec<(String, f64)> = r.top_prefixes.top(10).into_iter()
-        .map(|(p, c)| (format!("{{prefix=\"{}\"}}", escape(&p)), c as f64)).collect();
-    metric(&mut out, "invalidator_top_prefix_invalidations", "gauge", "Most invalidated key prefixes (top 10).", &top_k);
-    summary(&mut out, "invalidator_latency_us", "Request receipt to event queued on every matching connection, microseconds.", &s.metrics.latency.summary());
+    metric(
+        &mut out,
+        "invalidator_rejected_total",
+        "counter",
+        "Requests answered with an error, by code.",
+        &rejected,
+    );
+    metric(
+        &mut out,
+        "invalidator_invalidations_per_second",
+        "gauge",
+        "Mean accepted invalidations per second over a window.",
+        &[
+            ("{window=\"1m\"}".into(), r.rate.per_second(60)),
+            ("{window=\"5m\"}".into(), r.rate.per_second(300)),
+        ],
+    );
+    let top_p: Vec<(String, f64)> = r
+        .top_patterns
+        .top(10)
+        .into_iter()
+        .map(|(p, c)| (format!("{{pattern=\"{}\"}}", escape(&p)), c as f64))
+        .collect();
+    metric(
+        &mut out,
+        "invalidator_top_pattern_invalidations",
+        "gauge",
+        "Most invalidated patterns (top 10).",
+        &top_p,
+    );
+    let top_k: Vec<(String, f64)> = r
+        .top_prefixes
+        .top(10)
+        .into_iter()
+        .map(|(p, c)| (format!("{{prefix=\"{}\"}}", escape(&p)), c as f64))
+        .collect();
+    metric(
+        &mut out,
+        "invalidator_top_prefix_invalidations",
+        "gauge",
+        "Most invalidated key prefixes (top 10).",
+        &top_k,
+    );
+    summary(
+        &mut out,
+        "invalidator_latency_us",
+        "Request receipt to event queued on every matching connection, microseconds.",
+        &s.metrics.latency.summary(),
+    );
     let h = &s.hub;
-    metric(&mut out, "invalidator_connections_active", "gauge", "Open WebSocket connections.", &one(h.connections_active));
-    metric(&mut out, "invalidator_connections_total", "counter", "WebSocket connections accepted.", &one(h.connections_total));
-    metric(&mut out, "invalidator_slow_consumer_closes_total", "counter", "Connections closed with 4008.", &one(h.slow_consumer_closes));
-    metric(&mut out, "invalidator_events_delivered_total", "counter", "Events queued to connections.", &one(h.events_delivered));
-    metric(&mut out, "invalidator_events_dropped_total", "counter", "Events dropped on full queues.", &one(h.events_dropped));
-    metric(&mut out, "invalidator_subscriptions", "gauge", "Subscription patterns across connections.", &one(h.subscriptions));
-    metric(&mut out, "invalidator_tracked_keys", "gauge", "Distinct tracked keys.", &one(h.tracked_keys));
+    metric(
+        &mut out,
+        "invalidator_connections_active",
+        "gauge",
+        "Open WebSocket connections.",
+        &one(h.connections_active),
+    );
+    metric(
+        &mut out,
+        "invalidator_connections_total",
+        "counter",
+        "WebSocket connections accepted.",
+        &one(h.connections_total),
+    );
+    metric(
+        &mut out,
+        "invalidator_slow_consumer_closes_total",
+        "counter",
+        "Connections closed with 4008.",
+        &one(h.slow_consumer_closes),
+    );
+    metric(
+        &mut out,
+        "invalidator_events_delivered_total",
+        "counter",
+        "Events queued to connections.",
+        &one(h.events_delivered),
+    );
+    metric(
+        &mut out,
+        "invalidator_events_dropped_total",
+        "counter",
+        "Events dropped on full queues.",
+        &one(h.events_dropped),
+    );
+    metric(
+        &mut out,
+        "invalidator_subscriptions",
+        "gauge",
+        "Subscription patterns across connections.",
+        &one(h.subscriptions),
+    );
+    metric(
+        &mut out,
+        "invalidator_tracked_keys",
+        "gauge",
+        "Distinct tracked keys.",
+        &one(h.tracked_keys),
+    );
     let p = &s.patterns;
-    metric(&mut out, "invalidator_pattern_cache_hits_total", "counter", "Compiled-pattern cache hits.", &one(p.hits));
-    metric(&mut out, "invalidator_pattern_cache_misses_total", "counter", "Compiled-pattern cache misses.", &one(p.misses));
-    metric(&mut out, "invalidator_pattern_cache_size", "gauge", "Compiled patterns cached.", &one(p.size));
+    metric(
+        &mut out,
+        "invalidator_pattern_cache_hits_total",
+        "counter",
+        "Compiled-pattern cache hits.",
+        &one(p.hits),
+    );
+    metric(
+        &mut out,
+        "invalidator_pattern_cache_misses_total",
+        "counter",
+        "Compiled-pattern cache misses.",
+        &one(p.misses),
+    );
+    metric(
+        &mut out,
+        "invalidator_pattern_cache_size",
+        "gauge",
+        "Compiled patterns cached.",
+        &one(p.size),
+    );
     let a = &s.audit;
-    metric(&mut out, "invalidator_audit_queued", "gauge", "Audit records waiting in the channel.", &one(a.queued));
-    metric(&mut out, "invalidator_audit_written_total", "counter", "Audit records written to the store.", &one(a.written));
-    metric(&mut out, "invalidator_audit_spooled", "gauge", "Audit records waiting in the spool.", &one(a.spooled));
-    metric(&mut out, "invalidator_audit_failed_batches_total", "counter", "Audit batches that failed to write.", &one(a.failed_batches));
-    summary(&mut out, "invalidator_audit_write_latency_us", "Audit batch write latency, microseconds.", &a.write_latency_us);
+    metric(
+        &mut out,
+        "invalidator_audit_queued",
+        "gauge",
+        "Audit records waiting in the channel.",
+        &one(a.queued),
+    );
+    metric(
+        &mut out,
+        "invalidator_audit_written_total",
+        "counter",
+        "Audit records written to the store.",
+        &one(a.written),
+    );
+    metric(
+        &mut out,
+        "invalidator_audit_spooled",
+        "gauge",
+        "Audit records waiting in the spool.",
+        &one(a.spooled),
+    );
+    metric(
+        &mut out,
+        "invalidator_audit_failed_batches_total",
+        "counter",
+        "Audit batches that failed to write.",
+        &one(a.failed_batches),
+    );
+    summary(
+        &mut out,
+        "invalidator_audit_write_latency_us",
+        "Audit batch write latency, microseconds.",
+        &a.write_latency_us,
+    );
     out
 }

@@ -30,7 +30,11 @@ pub struct Builder {
 /// A fresh directory under the target dir (left there for post-mortems; `cargo clean` removes it).
 pub fn fresh_dir(tag: &str) -> PathBuf {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let dir = base.join(format!("{tag}-{}-{:x}", std::process::id(), fastrand::u64(..)));
+    let dir = base.join(format!(
+        "{tag}-{}-{:x}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
     std::fs::create_dir_all(&dir).expect("create test dir");
     dir
 }
@@ -58,23 +62,40 @@ impl Builder {
     }
 
     pub async fn start(self) -> TestServer {
-        tokio::task::spawn_blocking(move || self.start_blocking()).await.expect("spawn server")
+        tokio::task::spawn_blocking(move || self.start_blocking())
+            .await
+            .expect("spawn server")
     }
 
     fn start_blocking(self) -> TestServer {
         let data_dir = self.data_dir.unwrap_or_else(|| fresh_dir("server"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_invalidator"));
-        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(&data_dir);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&data_dir);
         if let Some(toml) = &self.config_toml {
             let path = data_dir.join("config.toml");
             std::fs::write(&path, toml).expect("write config");
             cmd.arg("--config").arg(path);
         }
         cmd.args(&self.args);
-        for k in ["DATABASE_URL", "NATS_URL", "INVALIDATOR_CONFIG", "INVALIDATOR_ADMIN_TOKEN", "INVALIDATOR_LISTEN", "INVALIDATOR_DATA_DIR", "INVALIDATOR_NODE_ID"] {
+        for k in [
+            "DATABASE_URL",
+            "NATS_URL",
+            "INVALIDATOR_CONFIG",
+            "INVALIDATOR_ADMIN_TOKEN",
+            "INVALIDATOR_LISTEN",
+            "INVALIDATOR_DATA_DIR",
+            "INVALIDATOR_NODE_ID",
+        ] {
             cmd.env_remove(k);
         }
-        cmd.env("INVALIDATOR_LOG", std::env::var("INVALIDATOR_LOG").unwrap_or_else(|_| "warn".into()));
+        cmd.env(
+            "INVALIDATOR_LOG",
+            std::env::var("INVALIDATOR_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -97,7 +118,11 @@ impl Builder {
         };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        TestServer { addr, child: Some(child), data_dir }
+        TestServer {
+            addr,
+            child: Some(child),
+            data_dir,
+        }
     }
 }
 
@@ -127,12 +152,17 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> HttpClient {
-        HttpClient::connect(&self.addr.to_string()).await.expect("connect")
+        HttpClient::connect(&self.addr.to_string())
+            .await
+            .expect("connect")
     }
 
     pub async fn post_raw(&self, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
         let mut c = self.client().await;
-        let r = c.post_json(path, body.to_string(), token).await.expect("request");
+        let r = c
+            .post_json(path, body.to_string(), token)
+            .await
+            .expect("request");
         (r.status, r.json())
     }
 
@@ -153,8 +183,13 @@ impl TestServer {
 
     /// SIGTERM, then wait for exit; returns the exit code (-1 if killed by a signal).
     pub fn sigterm(&mut self) -> i32 {
-        let Some(mut child) = self.child.take() else { return -1 };
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let Some(mut child) = self.child.take() else {
+            return -1;
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         for _ in 0..600 {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.code().unwrap_or(-1);

@@ -18,20 +18,30 @@ pub struct Ws {
 
 impl Ws {
     pub async fn connect_url(url: &str) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
-        let mut ws = Ws { ws, hello: Value::Null };
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        let mut ws = Ws {
+            ws,
+            hello: Value::Null,
+        };
         ws.hello = ws.recv().await;
         assert_eq!(ws.hello["type"], "hello", "{}", ws.hello);
         ws
     }
 
     pub async fn send(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).await.expect("send");
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
     }
 
     /// The next frame that is not a heartbeat.
     pub async fn recv(&mut self) -> Value {
-        self.recv_within(WAIT).await.expect("timed out waiting for a frame")
+        self.recv_within(WAIT)
+            .await
+            .expect("timed out waiting for a frame")
     }
 
     /// The next non-heartbeat frame, or None after `wait`.
@@ -57,7 +67,9 @@ impl Ws {
     }
 
     pub async fn subscribe(&mut self, patterns: Value) -> Value {
-        let r = self.request(json!({"op": "subscribe", "patterns": patterns})).await;
+        let r = self
+            .request(json!({"op": "subscribe", "patterns": patterns}))
+            .await;
         assert_eq!(r["type"], "subscribed", "{r}");
         r
     }
