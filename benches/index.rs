@@ -243,12 +243,12 @@ fn ratio_of(set: &str, keys: &[String], small: &SubscriptionIndex, large: &Subsc
 criterion_group!(subs, bench_match_key, bench_match_pattern);
 
 fn main() {
-    ratio_report();
-    if std::env::var_os("INDEX_BENCH_RATIO_ONLY").is_some() {
-        return;
-    }
     if std::env::var_os("INDEX_BENCH_TRACKED_ONLY").is_some() {
         p99_report(&tracked_million());
+        return;
+    }
+    ratio_report();
+    if std::env::var_os("INDEX_BENCH_RATIO_ONLY").is_some() {
         return;
     }
     subs();

@@ -4,10 +4,14 @@
 //! Scenarios:
 //! * `keys`: C connections driving `POST /invalidate/key` as fast as the server answers.
 //! * `fanout`: N WebSocket subscribers on one interest, a publisher, latency to the last one.
+//! * `bench-fanout`, `bench-patterns`: the comparison with Redis pub/sub and nats-server
+//!   (`bench.rs`, clients in `peers/`), driven by `scripts/bench-peers.sh`.
 
+mod bench;
 mod common;
 mod fanout;
 mod keys;
+mod peers;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +34,10 @@ enum Scenario {
     Keys(keys::KeysArgs),
     /// N WebSocket subscribers, one publisher: publish-to-last-delivery latency.
     Fanout(fanout::FanoutArgs),
+    /// Fan-out against any system (ours, redis, nats, nats-ws): latency phase, then max rate.
+    BenchFanout(bench::FanoutArgs),
+    /// S subscribers holding M prefix patterns, each publish reaching one: any system.
+    BenchPatterns(bench::PatternsArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +57,8 @@ fn main() -> std::process::ExitCode {
         match cli.scenario {
             Scenario::Keys(a) => keys::run(a).await,
             Scenario::Fanout(a) => fanout::run(a).await,
+            Scenario::BenchFanout(a) => bench::run_fanout(a).await,
+            Scenario::BenchPatterns(a) => bench::run_patterns(a).await,
         }
     });
     match result {

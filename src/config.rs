@@ -69,6 +69,9 @@ pub struct AuditConfig {
     /// First retry delay after a failed write (ms); doubles up to `retry_max_ms`.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// BENCHMARKS ONLY: publish without writing audit records, to measure what the audit
+    /// pipeline costs. Breaks SPEC's audit guarantee; the server logs a warning at start.
+    pub benchmark_disable_audit: bool,
 }
 
 impl Default for AuditConfig {
@@ -82,6 +85,7 @@ impl Default for AuditConfig {
             idempotency_memory_entries: 1_000_000,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
+            benchmark_disable_audit: false,
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct Publisher {
     audit: Arc<AuditPipeline>,
     metrics: Arc<Metrics>,
     node_id: Arc<str>,
+    /// `audit.benchmark_disable_audit` (benchmarks only).
+    audit_disabled: bool,
 }
 
 impl Publisher {
@@ -75,7 +77,11 @@ impl Publisher {
         audit: Arc<AuditPipeline>,
         metrics: Arc<Metrics>,
         node_id: Arc<str>,
+        audit_disabled: bool,
     ) -> Publisher {
+        if audit_disabled {
+            tracing::warn!("audit.benchmark_disable_audit is set: invalidations are NOT audited");
+        }
         Publisher {
             sequencer,
             patterns,
@@ -83,12 +89,16 @@ impl Publisher {
             audit,
             metrics,
             node_id,
+            audit_disabled,
         }
     }
 
     /// Audit-reserve, sequence, fan out, audit-send, count.
     pub async fn publish(&self, draft: Draft) -> Result<Published, ApiError> {
-        let permit = self.audit.reserve().await?;
+        let permit = match self.audit_disabled {
+            true => None,
+            false => Some(self.audit.reserve().await?),
+        };
         let order = match &self.sequencer {
             Sequencer::Local(order) => order,
             Sequencer::Cluster(cluster) => {
@@ -96,48 +106,66 @@ impl Publisher {
             }
         };
         let inv = {
-            let mut seq = order.lock();
-            let seq = seq.allocate().map_err(|e| {
+            let mut order = order.lock();
+            let seq = order.allocate().map_err(|e| {
                 tracing::error!(error = %e, "cannot persist the seq high-water mark");
                 ApiError::unavailable("cannot persist the sequence number; see the server log")
             })?;
-            let inv = Arc::new(Invalidation {
+            let inv = Arc::new(self.stamp(
                 seq,
-                request_id: draft.request_id,
-                triggered_by: draft.triggered_by,
-                token_name: draft.token_name,
-                published_at_us: crate::time::now_us(),
-                node_id: self.node_id.clone(),
-                target: draft.target,
-            });
+                draft.request_id,
+                draft.triggered_by,
+                draft.token_name,
+                draft.target,
+            ));
             self.hub.publish(inv.clone());
             inv
         };
         let latency_us = draft.received.elapsed().as_micros() as u64;
-        permit.send(AuditRecord {
-            inv: inv.clone(),
-            latency_us,
-            body_hash: draft.body_hash,
-        });
+        if let Some(permit) = permit {
+            permit.send(AuditRecord {
+                inv: inv.clone(),
+                latency_us,
+                body_hash: draft.body_hash,
+            });
+        }
         self.metrics.record_accepted(&inv, latency_us);
         Ok(Published::Fresh(inv))
+    }
+
+    /// The invalidation of a draft at `seq`, published now.
+    fn stamp(
+        &self,
+        seq: u64,
+        request_id: String,
+        triggered_by: String,
+        token_name: Option<String>,
+        target: Target,
+    ) -> Invalidation {
+        Invalidation {
+            seq,
+            request_id,
+            triggered_by,
+            token_name,
+            published_at_us: crate::time::now_us(),
+            node_id: self.node_id.clone(),
+            target,
+        }
     }
 
     async fn publish_cluster(
         &self,
         cluster: &Cluster,
         draft: Draft,
-        permit: crate::audit::AuditPermit<'_>,
+        permit: Option<crate::audit::AuditPermit<'_>>,
     ) -> Result<Published, ApiError> {
-        let mut inv = Invalidation {
-            seq: 0,
-            request_id: draft.request_id,
-            triggered_by: draft.triggered_by,
-            token_name: draft.token_name,
-            published_at_us: crate::time::now_us(),
-            node_id: self.node_id.clone(),
-            target: draft.target,
-        };
+        let mut inv = self.stamp(
+            0,
+            draft.request_id,
+            draft.triggered_by,
+            draft.token_name,
+            draft.target,
+        );
         let (seq, duplicate) = cluster
             .publish(&WireEvent::of(&inv, &draft.body_hash))
             .await?;

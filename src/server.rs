@@ -128,6 +128,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         audit.clone(),
         metrics.clone(),
         node_id,
+        config.audit.benchmark_disable_audit,
     );
     let idempotency = Idempotency::new(
         Duration::from_secs(config.audit.idempotency_window_secs),

@@ -12,19 +12,46 @@ use sqlx::Connection;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
 
-/// A fresh PostgreSQL database; returns its URL.
-async fn fresh_database() -> String {
-    let name = format!("inv_cluster_{:x}", fastrand::u64(..));
+/// A fresh PostgreSQL database, dropped (with its connections) when the test ends.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    fn url(&self) -> String {
+        format!("{PG}/{}", self.name)
+    }
+}
+
+async fn admin(sql: String) {
     let mut c = sqlx::PgConnection::connect(&format!("{PG}/postgres"))
         .await
         .expect("postgres");
-    sqlx::Executor::execute(
-        &mut c,
-        sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")),
-    )
-    .await
-    .expect("create database");
-    format!("{PG}/{name}")
+    sqlx::Executor::execute(&mut c, sqlx::AssertSqlSafe(sql))
+        .await
+        .expect("admin statement");
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(admin(sql));
+            }
+        })
+        .join();
+    }
+}
+
+async fn fresh_database() -> TestDb {
+    let name = format!("inv_cluster_{:x}", fastrand::u64(..));
+    admin(format!("CREATE DATABASE {name}")).await;
+    TestDb { name }
 }
 
 fn cluster_toml(tag: &str, nats_port: u16) -> String {
@@ -33,11 +60,11 @@ fn cluster_toml(tag: &str, nats_port: u16) -> String {
     )
 }
 
-async fn node(db: &str, toml: &str, id: &str) -> TestServer {
+async fn node(db: &TestDb, toml: &str, id: &str) -> TestServer {
     TestServer::builder()
         .config_toml(toml)
         .arg("--database-url")
-        .arg(db)
+        .arg(db.url())
         .arg("--node-id")
         .arg(id)
         .start()

@@ -1,6 +1,6 @@
 //! The flat, owned form of one audit row, shared by both stores and the spool.
 //!
-//! An [`AuditRecord`](super::AuditRecord) borrows its invalidation through an `Arc` so the
+//! An [`AuditRecord`] borrows its invalidation through an `Arc` so the
 //! request path never copies keys; the writer flattens it into an [`AuditRow`] off the
 //! request path, once per record. The same struct is what the spool frames (as JSON), so a
 //! record replayed from disk is byte-for-byte the row that would have been written.

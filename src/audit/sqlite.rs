@@ -24,7 +24,7 @@ use super::postgres::store_err;
 use super::query::{LogEntry, LogQuery};
 use super::record::AuditRow;
 
-const ROWS_PER_STATEMENT: usize = 500;
+pub const ROWS_PER_STATEMENT: usize = 500;
 const COLUMNS: &str = "seq, request_id, triggered_by, token_name, \"timestamp\", node_id, kind, \
                        pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash";
 
