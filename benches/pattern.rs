@@ -153,6 +153,7 @@ fn fst_search(c: &mut Criterion) {
         ),
         ("glob_10000_hits", "user:0?00:*", None),
         ("suffix_1000_hits", "*:042", None),
+        ("glob_leading_star_1000_hits", "*?:042", None),
     ];
     let mut group = c.benchmark_group("fst_1m");
     group.sample_size(20);

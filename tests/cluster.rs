@@ -71,8 +71,40 @@ async fn node(db: &TestDb, toml: &str, id: &str) -> TestServer {
         .await
 }
 
-fn tag() -> String {
-    format!("{:x}", fastrand::u64(..))
+/// A unique tag for this test's stream and subject; the stream is deleted when it drops.
+struct Tag(String);
+
+impl std::ops::Deref for Tag {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Tag {
+    fn drop(&mut self) {
+        let stream = format!("T_{}", self.0);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(async {
+                    if let Ok(c) = async_nats::connect("127.0.0.1:4222").await {
+                        let _ = async_nats::jetstream::new(c).delete_stream(&stream).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
+fn tag() -> Tag {
+    Tag(format!("{:x}", fastrand::u64(..)))
 }
 
 async fn audit_rows(s: &TestServer, request_id: &str) -> Vec<Value> {

@@ -9,7 +9,9 @@
 //! - glob / regex: an [`fst::Automaton`] over the pattern's dense DFA (anchored start,
 //!   `can_match` = not dead, whole-key acceptance through the end-of-input transition), so the
 //!   fst walk prunes every subtree the DFA has left: a literal prefix prunes to its range, a
-//!   selective regex visits little. A leading `*` visits every key (nothing prunes).
+//!   selective regex visits little. A pattern with no literal prefix but a literal suffix
+//!   (`*:profile:?`, `.*:x`) instead takes the range of that suffix in `reversed` and verifies
+//!   each candidate with the DFA; with neither, every key is visited (nothing prunes).
 //!
 //! Results are always in byte order. `limit` caps the keys returned; the count (of
 //! [`Pattern::fst_search`]) is always the full number of matches.
@@ -214,14 +216,18 @@ impl Pattern {
             // The empty suffix matches every key: the forward set is already in order.
             Matcher::Suffix(s) if s.is_empty() => walk_range(forward, b"", |k| out.push(k)),
             Matcher::Suffix(s) => {
-                let rev: Vec<u8> = s.bytes().rev().collect();
-                let mut hits: Vec<Vec<u8>> = Vec::new();
-                walk_range(reversed, &rev, |k| {
-                    hits.push(k.iter().rev().copied().collect());
-                    true
-                });
-                hits.sort_unstable();
-                for key in &hits {
+                for key in &ending_with(reversed, s, |_| true) {
+                    if !out.push(key) {
+                        break;
+                    }
+                }
+            }
+            // A leading wildcard: a forward walk would visit every key, while the keys ending
+            // with the literal suffix are one range of the reversed set. Verify each.
+            Matcher::Dfa(compiled)
+                if self.literal_prefix.is_empty() && !self.literal_suffix.is_empty() =>
+            {
+                for key in &ending_with(reversed, &self.literal_suffix, |k| compiled.is_match(k)) {
                     if !out.push(key) {
                         break;
                     }
@@ -247,6 +253,26 @@ impl Pattern {
         }
         out.finish()
     }
+}
+
+/// Keys of the forward set ending with `suffix` and accepted by `keep`, in byte order, from
+/// the reversed set (one range). Cost: O(candidates log candidates).
+fn ending_with<D: AsRef<[u8]>>(
+    reversed: &Set<D>,
+    suffix: &str,
+    keep: impl Fn(&[u8]) -> bool,
+) -> Vec<Vec<u8>> {
+    let rev: Vec<u8> = suffix.bytes().rev().collect();
+    let mut hits: Vec<Vec<u8>> = Vec::new();
+    walk_range(reversed, &rev, |k| {
+        let key: Vec<u8> = k.iter().rev().copied().collect();
+        if keep(&key) {
+            hits.push(key);
+        }
+        true
+    });
+    hits.sort_unstable();
+    hits
 }
 
 /// Feed every key of a stream to `f` until it says stop.
