@@ -9,90 +9,10 @@ use std::time::Duration;
 use common::TestServer;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-/// A raw protocol client.
-struct Ws {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    hello: Value,
-}
-
-impl Ws {
-    async fn connect(s: &TestServer) -> Ws {
-        Self::connect_url(&s.ws_url()).await
-    }
-
-    async fn connect_url(url: &str) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("ws connect");
-        let mut ws = Ws {
-            ws,
-            hello: Value::Null,
-        };
-        ws.hello = ws.recv().await;
-        assert_eq!(ws.hello["type"], "hello", "{}", ws.hello);
-        ws
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .expect("send");
-    }
-
-    /// The next frame that is not a heartbeat.
-    async fn recv(&mut self) -> Value {
-        loop {
-            let msg = timeout(WAIT, self.ws.next())
-                .await
-                .expect("timed out waiting for a frame");
-            match msg.expect("connection ended").expect("ws error") {
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(t.as_str()).expect("server sent JSON");
-                    if v["type"] != "heartbeat" {
-                        return v;
-                    }
-                }
-                Message::Close(f) => panic!("closed: {f:?}"),
-                _ => {}
-            }
-        }
-    }
-
-    async fn request(&mut self, v: Value) -> Value {
-        self.send(v).await;
-        self.recv().await
-    }
-
-    async fn subscribe(&mut self, patterns: Value) -> Value {
-        let r = self
-            .request(json!({"op": "subscribe", "patterns": patterns}))
-            .await;
-        assert_eq!(r["type"], "subscribed", "{r}");
-        r
-    }
-
-    /// Every event queued before now, then the pong (the server writes events up to the
-    /// pong's `seq` before the pong).
-    async fn events_until_pong(&mut self) -> Vec<Value> {
-        self.send(json!({"op": "ping", "id": "sync"})).await;
-        let mut out = Vec::new();
-        loop {
-            let v = self.recv().await;
-            if v["type"] == "pong" && v["id"] == "sync" {
-                return out;
-            }
-            out.push(v);
-        }
-    }
-}
+use common::ws::{WAIT, Ws};
 
 fn keys(v: &Value) -> Vec<String> {
     v["keys"]

@@ -20,6 +20,15 @@
 //! `shape.rs` is the one place that turns a [`Pattern`](crate::pattern::Pattern) into what the
 //! indexes need (its literal, its literal prefix, its regex source).
 //!
+//! # Use
+//!
+//! The fan-out owns one of each. On publish: `SubscriptionIndex::match_key` per key and
+//! `TrackedIndex::take_key` (one-shot) for key invalidations; `match_pattern` and
+//! `take_pattern` for pattern invalidations; `TrackedIndex::matches` for the HTTP response's
+//! `matched_keys`. Outputs may repeat a connection: the caller deduplicates. Both indexes
+//! rebuild their compiled parts by themselves on background threads; `maintain()` on a timer
+//! is optional upkeep, and `stats()` feeds the metrics.
+//!
 //! # Concurrency
 //!
 //! Publishing is serialised by the caller; subscribe/track calls come concurrently from the

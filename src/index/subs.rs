@@ -294,7 +294,10 @@ impl SubscriptionIndex {
     }
 
     /// Periodic upkeep (call it from a timer, e.g. every second): rebuild the DFA set on the
-    /// calling thread if patterns are pending or dead. Cheap when there is nothing to do.
+    /// calling thread if patterns are pending or dead, so fewer than [`PENDING_LIMIT`] new
+    /// globs/regexes do not stay pending forever. Cheap when there is nothing to do; when
+    /// there is, it blocks for the compilation (milliseconds): from async code, call it
+    /// through `spawn_blocking`. Optional: without it the index stays correct.
     pub fn maintain(&self) {
         let work = {
             let st = self.inner.state.read();

@@ -223,7 +223,9 @@ impl TrackedIndex {
         self.inner.rebuild();
     }
 
-    /// Periodic upkeep: rebuild on the calling thread if the delta is over its threshold.
+    /// Periodic upkeep: rebuild on the calling thread if the delta is over its threshold
+    /// (normally a background thread already did). Blocks for the merge: from async code,
+    /// call it through `spawn_blocking`.
     pub fn maintain(&self) {
         if self.inner.state.read().needs_rebuild() {
             self.rebuild();

@@ -445,6 +445,16 @@ fn fst_search_per_type() {
     assert_eq!(px("*", PatternType::Suffix).fst_count(&f, &r), 6);
     let re = px("user:[0-9]+", PatternType::Regex);
     assert_eq!(re.fst_matches(&f, &r, None), vec!["user:10"]);
+    // No literal prefix, a literal suffix: resolved from the reversed set, then verified.
+    let leading = p("*?:profile");
+    assert_eq!(
+        leading.fst_matches(&f, &r, None),
+        vec!["user:1:profile", "user:2:profile", "é:profile"]
+    );
+    assert_eq!(
+        p("*1?profile").fst_matches(&f, &r, None),
+        vec!["user:1:profile"]
+    );
 }
 
 // ---- Property tests ----------------------------------------------------------------------

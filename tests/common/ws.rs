@@ -17,6 +17,10 @@ pub struct Ws {
 }
 
 impl Ws {
+    pub async fn connect(s: &super::TestServer) -> Ws {
+        Self::connect_url(&s.ws_url()).await
+    }
+
     pub async fn connect_url(url: &str) -> Ws {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -72,6 +76,19 @@ impl Ws {
             .await;
         assert_eq!(r["type"], "subscribed", "{r}");
         r
+    }
+
+    /// Every frame up to the `pong` of a ping sent now: what the server queued before it.
+    pub async fn events_until_pong(&mut self) -> Vec<Value> {
+        self.send(json!({"op": "ping", "id": "sync"})).await;
+        let mut out = Vec::new();
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "pong" && v["id"] == "sync" {
+                return out;
+            }
+            out.push(v);
+        }
     }
 
     /// The next `invalidate` event.
