@@ -311,7 +311,8 @@ impl Bench {
 
         let stats = self.collect(first, &sent_ns);
         let ok = published.load(Ordering::Relaxed);
-        let per_cpu = |n: u64| server_cpu.map(|c| n as f64 / c.max(1e-9));
+        // /proc counts CPU in 10 ms ticks: below one tick the ratio means nothing.
+        let per_cpu = |n: u64| server_cpu.filter(|&c| c >= 0.01).map(|c| n as f64 / c);
         let v = json!({
             "events": attempted, "published_ok": ok, "publish_errors": errors.load(Ordering::Relaxed),
             "target_rate": p.rate, "publishers": p.publishers, "publish_seconds": publish_secs,
@@ -323,7 +324,9 @@ impl Bench {
             "deliveries_per_server_cpu_second": per_cpu(stats.deliveries),
             "publishes_per_server_cpu_second": per_cpu(ok),
         });
-        self.print(p, &v, &stats);
+        if p.label != "warm-up" {
+            self.print(p, &v, &stats);
+        }
         Ok(v)
     }
 
@@ -416,8 +419,9 @@ impl Bench {
         println!("  publish -> each delivery: {}", fmt_us(&s.each));
         if let Some(cpu) = v["server_cpu_seconds"].as_f64() {
             println!(
-                "  server CPU {cpu:.2} s ({:.0} deliveries per server CPU-second); generator CPU {:.2} s",
+                "  server CPU {cpu:.2} s ({:.0} deliveries, {:.0} publishes per server CPU-second); generator CPU {:.2} s",
                 f("deliveries_per_server_cpu_second"),
+                f("publishes_per_server_cpu_second"),
                 f("generator_cpu_seconds")
             );
         }

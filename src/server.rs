@@ -120,6 +120,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             config.ws.history_events,
         );
     }
+    spawn_maintenance(&hub);
     let metrics = Arc::new(Metrics::new());
     let publisher = Publisher::new(
         sequencer,
@@ -145,6 +146,21 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         metrics,
         cluster,
     }))
+}
+
+/// Once a second, off the async workers: fold new glob/regex subscriptions into the DFA set
+/// and merge the tracked-key delta (the indexes also do it themselves when they grow).
+fn spawn_maintenance(hub: &Arc<Hub>) {
+    let hub = Arc::downgrade(hub);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(hub) = hub.upgrade() else { return };
+            let _ = tokio::task::spawn_blocking(move || hub.maintain()).await;
+        }
+    });
 }
 
 /// Bind the configured address.

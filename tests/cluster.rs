@@ -91,7 +91,10 @@ impl Drop for Tag {
     fn drop(&mut self) {
         let stream = format!("T_{}", self.0);
         let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 rt.block_on(async {
                     if let Ok(c) = async_nats::connect("127.0.0.1:4222").await {
                         let _ = async_nats::jetstream::new(c).delete_stream(&stream).await;

@@ -299,14 +299,27 @@ impl Hub {
         }
     }
 
+    /// Fold pending subscription patterns into the DFA set and merge a grown tracked-key
+    /// delta into a new fst base. Blocking (milliseconds to a second): run it off the async
+    /// workers, e.g. once a second through `spawn_blocking`.
+    pub fn maintain(&self) {
+        self.subs.maintain();
+        self.tracked.maintain();
+    }
+
     /// Send `{"type":"reset","reason":…}` to every connection: events were lost (cluster mode:
     /// the stream no longer holds what this node was about to deliver), so every cache
     /// manager must drop what its interests cover. Never waits on a connection.
     pub fn reset_all(&self, reason: ResetReason) {
-        let bytes = frame::json_frame(&serde_json::json!({"type": "reset", "reason": reason.as_str()}));
+        let bytes =
+            frame::json_frame(&serde_json::json!({"type": "reset", "reason": reason.as_str()}));
         let seq = self.current_seq();
         for conn in self.conns.read().values() {
-            if conn.offer(QueuedFrame { seq, bytes: bytes.clone() }) == Offer::Overflowed {
+            if conn.offer(QueuedFrame {
+                seq,
+                bytes: bytes.clone(),
+            }) == Offer::Overflowed
+            {
                 self.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
             }
         }

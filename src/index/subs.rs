@@ -45,11 +45,11 @@
 //!
 //! # Invariants
 //!
-//! * `len` = Σ over entries of their connection count = Σ over `per_conn` of set sizes.
+//! * `len` = Σ over entries of their connection count = Σ over `per_conn` of map sizes.
 //! * A live slot is either covered by `built` or in `pending` (possibly both for a moment).
 //! * A dead slot stays out of `free_slots` until an installed set no longer covers it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -86,6 +86,9 @@ const DEAD_LIMIT: usize = 64;
 /// and type can still mean two key sets (an explicit `exact` `user:\*` is the key as written,
 /// an inferred one is `user:*`).
 type EntryKey = (PatternType, Box<str>, Box<str>);
+
+/// A subscription as the protocol names it: type and source.
+type SubId = (PatternType, Box<str>);
 
 fn entry_key(p: &Pattern) -> EntryKey {
     (
@@ -146,7 +149,9 @@ impl Bounds {
 #[derive(Default)]
 struct State {
     entries: HashMap<EntryKey, Entry>,
-    per_conn: HashMap<ConnId, HashSet<EntryKey>>,
+    /// Each connection's patterns by (type, source), the identity the protocol uses for
+    /// `unsubscribe`, to the literal that completes the entry key.
+    per_conn: HashMap<ConnId, HashMap<SubId, Box<str>>>,
     /// Exact keys (`Exact` lists) and prefixes (`Wild` lists).
     fwd: Trie,
     /// Reversed exact keys (`Exact`) and reversed suffixes (`Wild`).
@@ -192,7 +197,8 @@ impl SubscriptionIndex {
         }
     }
 
-    /// Add `pattern` for `conn` (a repeat of the same pattern and type is a no-op).
+    /// Add `pattern` for `conn` (a repeat of the same source and type is a no-op, as in the
+    /// protocol, even if one was sent with an explicit type and one without).
     pub fn subscribe(&self, conn: ConnId, pattern: Arc<Pattern>) {
         let key = entry_key(&pattern);
         let bounds = match shape(&pattern) {
@@ -201,9 +207,12 @@ impl SubscriptionIndex {
         };
         let rebuild = {
             let mut st = self.inner.state.write();
-            if !st.per_conn.entry(conn).or_default().insert(key.clone()) {
+            let mine = st.per_conn.entry(conn).or_default();
+            let (kind, source, literal) = key.clone();
+            if mine.contains_key(&(kind, source.clone())) {
                 return;
             }
+            mine.insert((kind, source), literal);
             st.add(conn, key, pattern, bounds);
             st.needs_rebuild()
         };
@@ -214,19 +223,19 @@ impl SubscriptionIndex {
 
     /// Remove `pattern` (same source and type) for `conn`; returns whether it was there.
     pub fn unsubscribe(&self, conn: ConnId, pattern: &Pattern) -> bool {
-        let key = entry_key(pattern);
+        let id: SubId = (pattern.kind(), pattern.source().into());
         let rebuild = {
             let mut st = self.inner.state.write();
-            let Some(set) = st.per_conn.get_mut(&conn) else {
+            let Some(mine) = st.per_conn.get_mut(&conn) else {
                 return false;
             };
-            if !set.remove(&key) {
+            let Some(literal) = mine.remove(&id) else {
                 return false;
-            }
-            if set.is_empty() {
+            };
+            if mine.is_empty() {
                 st.per_conn.remove(&conn);
             }
-            st.drop_sub(conn, &key);
+            st.drop_sub(conn, &(id.0, id.1, literal));
             st.needs_rebuild()
         };
         if rebuild {
@@ -238,11 +247,11 @@ impl SubscriptionIndex {
     pub fn remove_conn(&self, conn: ConnId) {
         let rebuild = {
             let mut st = self.inner.state.write();
-            let Some(set) = st.per_conn.remove(&conn) else {
+            let Some(mine) = st.per_conn.remove(&conn) else {
                 return;
             };
-            for key in &set {
-                st.drop_sub(conn, key);
+            for ((kind, source), literal) in mine {
+                st.drop_sub(conn, &(kind, source, literal));
             }
             st.needs_rebuild()
         };

@@ -90,6 +90,15 @@ fn identical_patterns_share_an_entry_and_unsubscribe_by_value() {
     assert_eq!(idx.len(), 3);
     assert!(idx.unsubscribe(1, &pat("a:*", None)));
     assert!(!idx.unsubscribe(1, &pat("a:*", None)));
+    // One source and type, two meanings: shared by neither, removed by type and source.
+    idx.subscribe(3, pat(r"k:\*", None));
+    idx.subscribe(4, pat(r"k:\*", Some(PatternType::Exact)));
+    idx.subscribe(4, pat(r"k:\*", None));
+    assert_eq!(key_match(&idx, "k:*"), vec![3]);
+    assert_eq!(key_match(&idx, r"k:\*"), vec![4]);
+    assert!(idx.unsubscribe(4, &pat(r"k:\*", None)));
+    assert_eq!(key_match(&idx, r"k:\*"), Vec::<ConnId>::new());
+    idx.remove_conn(3);
     assert_eq!(key_match(&idx, "a:x"), vec![2]);
     idx.remove_conn(2);
     assert!(idx.is_empty());
@@ -251,12 +260,9 @@ struct RefSubs(Vec<(ConnId, Arc<Pattern>)>);
 
 impl RefSubs {
     fn position(&self, conn: ConnId, p: &Pattern) -> Option<usize> {
-        self.0.iter().position(|(c, q)| {
-            *c == conn
-                && q.source() == p.source()
-                && q.kind() == p.kind()
-                && q.effective_literal() == p.effective_literal()
-        })
+        self.0
+            .iter()
+            .position(|(c, q)| *c == conn && q.source() == p.source() && q.kind() == p.kind())
     }
 
     fn apply(&mut self, op: &SubOp, pats: &[Arc<Pattern>], idx: &SubscriptionIndex) {

@@ -179,7 +179,7 @@ impl TrackedIndex {
     /// (key, connection) pairs, keys in byte order.
     pub fn take_pattern(&self, pattern: &Pattern, out: &mut Vec<(String, ConnId)>) {
         let mut st = self.inner.state.write();
-        for key in st.collect(pattern) {
+        for key in st.collect(pattern, None).0 {
             let Some((key, conns)) = st.keys.remove_entry(key.as_str()) else {
                 continue;
             };
@@ -191,10 +191,7 @@ impl TrackedIndex {
     /// Non-destructive: distinct tracked keys matching `pattern` in byte order, at most `cap`,
     /// and the full count.
     pub fn matches(&self, pattern: &Pattern, cap: usize) -> (Vec<String>, u64) {
-        let mut keys = self.inner.state.read().collect(pattern);
-        let total = keys.len() as u64;
-        keys.truncate(cap);
-        (keys, total)
+        self.inner.state.read().collect(pattern, Some(cap))
     }
 
     /// Number of distinct tracked keys.
@@ -500,49 +497,67 @@ impl State {
         }
     }
 
-    /// Every live key matching `pattern`, distinct, in byte order: the pattern's own fst
-    /// search over the base, minus `removed`, plus the keys of `added` in the range of the
-    /// pattern's literal prefix that match.
-    fn collect(&self, pattern: &Pattern) -> Vec<String> {
+    /// Live keys matching `pattern`, distinct, in byte order, the first `cap` of them (all
+    /// with None), and the full count. The pattern's own fst search over the base (asked for
+    /// `cap` + |removed| keys, enough to survive the removals), minus `removed`, plus the keys
+    /// of `added` in the range of its literal prefix (or of its suffix) that match.
+    fn collect(&self, pattern: &Pattern, cap: Option<usize>) -> (Vec<String>, u64) {
         if let Shape::Exact(key) = shape(pattern) {
-            return if self.keys.contains_key(key) {
+            let live = self.keys.contains_key(key);
+            let keys = if live && cap != Some(0) {
                 vec![key.to_string()]
             } else {
                 Vec::new()
             };
+            return (keys, u64::from(live));
         }
-        let mut out = pattern.fst_matches(&self.base.fwd, &self.base.rev, None);
+        let limit = cap.map(|c| c.saturating_add(self.removed.len()));
+        let found = pattern.fst_search(&self.base.fwd, &self.base.rev, limit);
+        let mut out = found.keys;
+        let mut count = found.count;
         if !self.removed.is_empty() {
             out.retain(|k| !self.removed.contains(k.as_str()));
+            // Every removed key is in the base: those matching were counted there.
+            let gone = self.removed.iter().filter(|k| pattern.is_match(k)).count();
+            count = count.saturating_sub(gone as u64);
         }
         if !self.added.is_empty() {
             let before = out.len();
-            if let Shape::Suffix(suffix) = shape(pattern) {
-                let rev: Vec<u8> = suffix.bytes().rev().collect();
-                let range = self
-                    .added_rev
-                    .range::<[u8], _>((Bound::Included(&rev[..]), Bound::Unbounded));
-                for key in range.take_while(|k| k.starts_with(&rev)) {
-                    let key: Vec<u8> = key.iter().rev().copied().collect();
-                    if let Ok(key) = String::from_utf8(key) {
-                        out.push(key);
-                    }
-                }
-            } else {
-                let start = literal_prefix(pattern);
-                let range = self
-                    .added
-                    .range::<str, _>((Bound::Included(start), Bound::Unbounded));
-                let hits = range
-                    .take_while(|k| k.starts_with(start))
-                    .filter(|k| pattern.is_match(k));
-                out.extend(hits.map(|k| k.to_string()));
-            }
+            self.added_matches(pattern, &mut out);
+            count += (out.len() - before) as u64;
             if out.len() > before {
                 out.sort_unstable();
             }
         }
-        out
+        if let Some(cap) = cap {
+            out.truncate(cap);
+        }
+        (out, count)
+    }
+
+    /// Push the keys of `added` matching `pattern` (unordered).
+    fn added_matches(&self, pattern: &Pattern, out: &mut Vec<String>) {
+        if let Shape::Suffix(suffix) = shape(pattern) {
+            let rev: Vec<u8> = suffix.bytes().rev().collect();
+            let range = self
+                .added_rev
+                .range::<[u8], _>((Bound::Included(&rev[..]), Bound::Unbounded));
+            for key in range.take_while(|k| k.starts_with(&rev)) {
+                let key: Vec<u8> = key.iter().rev().copied().collect();
+                if let Ok(key) = String::from_utf8(key) {
+                    out.push(key);
+                }
+            }
+        } else {
+            let start = literal_prefix(pattern);
+            let range = self
+                .added
+                .range::<str, _>((Bound::Included(start), Bound::Unbounded));
+            let hits = range
+                .take_while(|k| k.starts_with(start))
+                .filter(|k| pattern.is_match(k));
+            out.extend(hits.map(|k| k.to_string()));
+        }
     }
 }
 
@@ -553,7 +568,7 @@ mod tests {
 
     fn keys_of(st: &State, source: &str) -> Vec<String> {
         let p = Pattern::parse(source, None, &PatternLimits::default()).unwrap();
-        st.collect(&p)
+        st.collect(&p, None).0
     }
 
     /// Changes between a rebuild's snapshot and its install end up in the new delta.
