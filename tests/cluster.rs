@@ -163,8 +163,9 @@ async fn post_to_a_reaches_b_and_c_in_one_order() {
     let mut logs = Value::Null;
     for _ in 0..100 {
         logs = a.get_json("/audit/logs?limit=10", None).await.1;
-        // Each node writes its own rows: wait until all five are visible to one page read.
-        if logs["logs"].as_array().map_or(0, |l| l.len()) >= 5 {
+        // Each node writes its own rows: wait until all five are visible to one page read and
+        // to its count (read concurrently with the page, so it may lag by a commit).
+        if logs["logs"].as_array().map_or(0, |l| l.len()) >= 5 && logs["total_count"] == 5 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

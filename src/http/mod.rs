@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -87,6 +87,11 @@ fn authenticate(
     app.auth.authenticate(secret, scope)
 }
 
+/// An over-limit body is still read (and discarded) up to this many bytes before the 413 is
+/// sent, so that a client still writing its body reads our answer instead of a reset
+/// connection. Past it the connection is simply closed.
+const DRAIN_CAP: usize = 64 << 20;
+
 /// Read the whole body, refusing more than `limit` bytes with 413.
 async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let too_large = || {
@@ -95,21 +100,36 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiErr
             format!("request body is over the limit of {limit} bytes"),
         )
     };
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        && len.parse::<u64>().is_ok_and(|n| n > limit as u64)
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_CAP as u64) {
         return Err(too_large());
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(ApiError::validation(
-            "body",
-            format!("cannot read request body: {e}"),
-        )),
+    let mut body = req.into_body();
+    let mut buf =
+        bytes::BytesMut::with_capacity(declared.map_or(4096, |n| (n as usize).min(limit)));
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|e| ApiError::validation("body", format!("cannot read request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > DRAIN_CAP {
+            break;
+        }
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        Err(too_large())
+    } else {
+        Ok(buf.freeze())
     }
 }
 
