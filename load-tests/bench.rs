@@ -98,6 +98,9 @@ struct Bench {
     /// Subscribers each event reaches.
     fan: u64,
     next_index: u64,
+    /// Server RSS before the subscribers connected, and once they had.
+    rss_idle_kib: Option<u64>,
+    rss_connected_kib: Option<u64>,
 }
 
 /// Stride between consecutive events' patterns: prime, so every pattern gets used.
@@ -147,7 +150,9 @@ impl Bench {
         fan: u64,
     ) -> Result<Bench, BoxError> {
         let system = common.system;
+        let pid = common.server_pid;
         let shared = Shared::new();
+        let rss_idle_kib = common.server_pid.and_then(rss_kib);
         let mut logs = Vec::with_capacity(holdings.len());
         let mut readers = Vec::with_capacity(holdings.len());
         eprintln!(
@@ -179,6 +184,8 @@ impl Bench {
             route,
             fan,
             next_index: 0,
+            rss_idle_kib,
+            rss_connected_kib: pid.and_then(rss_kib),
         })
     }
 
@@ -223,6 +230,18 @@ impl Bench {
         head["payload_bytes"] = json!(self.shared.payload_bytes.load(Ordering::Relaxed));
         head["publishers"] = json!(c.publishers);
         head["latency_rate"] = json!(c.rate);
+        head["server_rss_kib_before_connect"] = json!(self.rss_idle_kib);
+        head["server_rss_kib_connected"] = json!(self.rss_connected_kib);
+        head["server_rss_kib_end"] = json!(c.server_pid.and_then(rss_kib));
+        if let (Some(a), Some(b)) = (self.rss_idle_kib, self.rss_connected_kib) {
+            println!(
+                "{}: server RSS {} KiB before the subscribers connected, {} KiB after ({:+} KiB)",
+                self.system.name(),
+                a,
+                b,
+                b as i64 - a as i64
+            );
+        }
         if let (Value::Object(h), Value::Object(p)) = (&mut head, phases) {
             h.extend(p);
         }
@@ -426,6 +445,13 @@ impl Bench {
             );
         }
     }
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` from /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// How long the progress bar expects a phase to publish.

@@ -21,6 +21,11 @@ pub struct KeysArgs {
     /// Seconds to run.
     #[arg(long, short = 'd', default_value_t = 10)]
     duration: u64,
+    /// Target total requests per second: each connection sends on a fixed schedule (tokio's
+    /// timer has 1 ms granularity, so sends come in small bursts) and latency counts from the
+    /// actual send. 0 = closed loop, as fast as the server answers.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Keys per request.
     #[arg(long, default_value_t = 2)]
     keys_per_request: usize,
@@ -68,13 +73,20 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
     for (conn, mut client) in clients.into_iter().enumerate() {
         let (done, errors, token) = (done.clone(), errors.clone(), a.token.clone());
         let keys = a.keys_per_request;
+        // Per-connection interval of an open-loop run; connections start staggered.
+        let interval =
+            (a.rate > 0).then(|| Duration::from_secs_f64(a.connections as f64 / a.rate as f64));
+        let offset = interval.map(|i| i.mul_f64(conn as f64 / a.connections as f64));
         tasks.push(tokio::spawn(async move {
             let mut h = histogram();
             let mut n = 0u64;
             while Instant::now() < deadline {
                 let b = body(conn, n, keys);
-                n += 1;
+                if let (Some(i), Some(o)) = (interval, offset) {
+                    tokio::time::sleep_until((start + o + i.mul_f64(n as f64)).into()).await;
+                }
                 let t = Instant::now();
+                n += 1;
                 match client
                     .post_json("/invalidate/key", b, token.as_deref())
                     .await
@@ -102,8 +114,12 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
         (Some(b), Some(e)) => Some(e - b),
         _ => None,
     };
+    let mode = match a.rate {
+        0 => "closed loop".to_string(),
+        r => format!("open loop at {r} req/s"),
+    };
     println!(
-        "scenario keys: {} connections, {:.1} s, {} keys/request",
+        "scenario keys: {} connections, {:.1} s, {} keys/request, {mode}",
         a.connections, elapsed, a.keys_per_request
     );
     println!(
@@ -119,7 +135,7 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
         );
     }
     if let Some(path) = a.json {
-        let v = json!({"scenario": "keys", "connections": a.connections, "seconds": elapsed,
+        let v = json!({"scenario": "keys", "connections": a.connections, "target_rate": a.rate, "seconds": elapsed,
             "requests": ok, "errors": errors.load(Ordering::Relaxed), "per_second": ok as f64 / elapsed,
             "latency_us": summary(&total), "server_cpu_seconds": cpu});
         std::fs::write(path, serde_json::to_string_pretty(&v)?)?;
