@@ -1,7 +1,7 @@
 //! One connection as the fan-out sees it: its bounded outbox, its close signal and its
 //! one-shot tracked keys.
 //!
-//! The outbox is a lock-free `ArrayQueue` of pre-encoded frames bounded twice (events and
+//! The outbox is a lock-free bounded queue (`SegQueue` + count) of pre-encoded frames bounded twice (events and
 //! bytes). The publisher pushes and never waits; the connection's writer task pops. A push
 //! that does not fit marks the connection as a slow consumer and wakes the writer, which
 //! closes it with 4008. While the connection replays history for `resume`, frames that do not
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::SegQueue;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -51,11 +51,47 @@ pub enum Offer {
     Closed,
 }
 
+/// A bounded lock-free FIFO. `crossbeam`'s `ArrayQueue` preallocates its whole capacity
+/// (10,000 slots of 40 bytes: 400 KiB for every idle connection); a `SegQueue` allocates
+/// 31-slot blocks as frames arrive and frees them as they drain, so an idle connection costs
+/// a few hundred bytes. The bound is an atomic count: pushes happen under the hub's publish
+/// gate (one producer), so checking then pushing cannot overshoot.
+struct Outbox {
+    q: SegQueue<QueuedFrame>,
+    len: AtomicUsize,
+    cap: usize,
+}
+
+impl Outbox {
+    fn new(cap: usize) -> Outbox {
+        Outbox { q: SegQueue::new(), len: AtomicUsize::new(0), cap }
+    }
+
+    fn push(&self, frame: QueuedFrame) -> Result<(), QueuedFrame> {
+        if self.len.load(Ordering::Acquire) >= self.cap {
+            return Err(frame);
+        }
+        self.len.fetch_add(1, Ordering::AcqRel);
+        self.q.push(frame);
+        Ok(())
+    }
+
+    fn pop(&self) -> Option<QueuedFrame> {
+        let frame = self.q.pop()?;
+        self.len.fetch_sub(1, Ordering::AcqRel);
+        Some(frame)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+}
+
 /// The fan-out's handle on one WebSocket connection.
 pub struct Conn {
     pub id: ConnId,
     pub principal: Arc<Principal>,
-    queue: ArrayQueue<QueuedFrame>,
+    queue: Outbox,
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     /// Set while a `resume` replay is being written; see the module doc.
@@ -83,7 +119,7 @@ impl Conn {
         Conn {
             id,
             principal,
-            queue: ArrayQueue::new(max_events.max(1)),
+            queue: Outbox::new(max_events.max(1)),
             queued_bytes: AtomicUsize::new(0),
             max_bytes: max_bytes.max(1),
             replaying: AtomicBool::new(false),
