@@ -220,6 +220,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="?", default=os.path.join(here, "..", "bench-results"))
     ap.add_argument("--out", default=os.path.join(here, "..", "docs", "plots"))
+    ap.add_argument("--format", default="svg", choices=["svg", "png"])
     a = ap.parse_args()
 
     fan = load(a.results, "fanout", "subscribers")
@@ -252,7 +253,7 @@ def main():
         axes[1].set_title("Fan-out latency at max rate")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(os.path.join(a.out, "fanout-latency.svg"), metadata={"Date": None})
+        fig.savefig(os.path.join(a.out, f"fanout-latency.{a.format}"), metadata={"Date": None})
         plt.close(fig)
 
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -264,7 +265,7 @@ def main():
         axes[1].set_title("Fan-out efficiency")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(a.out, "fanout-throughput.svg"), metadata={"Date": None})
+        fig.savefig(os.path.join(a.out, f"fanout-throughput.{a.format}"), metadata={"Date": None})
         plt.close(fig)
 
     if pat:
@@ -278,7 +279,7 @@ def main():
         axes[0].legend(fontsize=7)
         axes[1].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(a.out, "patterns.svg"), metadata={"Date": None})
+        fig.savefig(os.path.join(a.out, f"patterns.{a.format}"), metadata={"Date": None})
         plt.close(fig)
     print(f"plots written to {os.path.normpath(a.out)}", file=sys.stderr)
 

@@ -332,12 +332,12 @@ fn print_audit_table(body: &str) {
             .unwrap_or_else(|| keys.join(","));
         println!(
             "{:>8} {:>8} {:<24} {:<8} {:<16} {:>6} {}",
-            l["id"],
-            l["seq"],
+            l["id"].to_string(),
+            l["seq"].to_string(),
             l["timestamp"].as_str().unwrap_or(""),
             l["kind"].as_str().unwrap_or(""),
             l["triggered_by"].as_str().unwrap_or(""),
-            l["matched_count"],
+            l["matched_count"].to_string(),
             what
         );
     }
