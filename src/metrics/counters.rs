@@ -59,9 +59,11 @@ impl RateWindow {
     }
 }
 
-/// Approximate heavy hitters (Space-Saving): at most `cap` counters; a new item at capacity
-/// replaces the smallest one and inherits its count. Exact while fewer than `cap` distinct
-/// items were seen.
+/// Approximate heavy hitters in bounded memory: at most `cap` counters. When a new item finds
+/// the map full, the map is pruned to its `cap / 2` largest counters (one sort, amortised over
+/// the next `cap / 2` new items, so a record stays O(1) amortised instead of a full scan per
+/// new item). Exact while fewer than `cap` distinct items were seen; after that an item that
+/// keeps coming back stays on top, which is what "most invalidated" needs.
 pub struct TopK {
     cap: usize,
     counts: Mutex<HashMap<String, u64>>,
@@ -70,7 +72,7 @@ pub struct TopK {
 impl TopK {
     pub fn new(cap: usize) -> Self {
         TopK {
-            cap: cap.max(1),
+            cap: cap.max(2),
             counts: Mutex::new(HashMap::new()),
         }
     }
@@ -81,16 +83,15 @@ impl TopK {
         for (item, n) in items {
             if let Some(c) = m.get_mut(item) {
                 *c += n;
-            } else if m.len() < self.cap {
-                m.insert(item.to_string(), n);
-            } else if let Some((min_key, min)) = m
-                .iter()
-                .min_by_key(|(_, c)| **c)
-                .map(|(k, c)| (k.clone(), *c))
-            {
-                m.remove(&min_key);
-                m.insert(item.to_string(), min + n);
+                continue;
             }
+            if m.len() >= self.cap {
+                let mut all: Vec<(String, u64)> = m.drain().collect();
+                all.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+                all.truncate(self.cap / 2);
+                m.extend(all);
+            }
+            m.insert(item.to_string(), n);
         }
     }
 
@@ -177,6 +178,16 @@ mod tests {
         let t = TopK::new(10);
         t.add_all([("a", 1), ("b", 3), ("a", 1)]);
         assert_eq!(t.top(5), vec![("b".to_string(), 3), ("a".to_string(), 2)]);
+    }
+
+    #[test]
+    fn topk_keeps_heavy_hitters_when_full() {
+        let t = TopK::new(4);
+        for i in 0..100 {
+            t.add_all([("hot", 1), (format!("cold{i}").as_str(), 1)]);
+        }
+        assert_eq!(t.top(1)[0].0, "hot");
+        assert!(t.counts.lock().len() <= 4);
     }
 
     #[test]
