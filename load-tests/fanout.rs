@@ -33,6 +33,10 @@ pub struct FanoutArgs {
     /// WebSocket subscribers.
     #[arg(long, short = 'n', default_value_t = 1000)]
     pub subscribers: usize,
+    /// Publish to this server instead of `--url` (cluster mode: subscribers on one node,
+    /// publisher on another).
+    #[arg(long)]
+    pub publish_url: Option<String>,
     /// Events to publish.
     #[arg(long, short = 'e', default_value_t = 2000)]
     pub events: u64,
@@ -144,6 +148,10 @@ async fn subscriber(
 pub async fn run(a: FanoutArgs) -> Result<(), BoxError> {
     let addr = authority(&a.url)?;
     let ws_url = format!("ws://{addr}/ws");
+    let publish_addr = match &a.publish_url {
+        Some(u) => authority(u)?,
+        None => addr.clone(),
+    };
     let n = a.events as usize;
     let board = Arc::new(Board {
         start: Instant::now(),
@@ -177,7 +185,7 @@ pub async fn run(a: FanoutArgs) -> Result<(), BoxError> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..publishers {
-        let mut client = HttpClient::connect(&addr).await?;
+        let mut client = HttpClient::connect(&publish_addr).await?;
         let (board, next, errors, token) =
             (board.clone(), next.clone(), errors.clone(), a.token.clone());
         let events = a.events;

@@ -744,6 +744,7 @@ async fn fanout_load_scenario_runs() {
     let out = common::fresh_dir("fanout-load").join("r.json");
     let args = load::fanout::FanoutArgs {
         url: format!("http://{}", s.addr),
+        publish_url: None,
         subscribers: 20,
         events: 50,
         rate: 0,
@@ -775,6 +776,7 @@ async fn fanout_benchmark() {
     let s = TestServer::start().await;
     let args = load::fanout::FanoutArgs {
         url: format!("http://{}", s.addr),
+        publish_url: None,
         subscribers: env("FANOUT_SUBSCRIBERS", 1000) as usize,
         events: env("FANOUT_EVENTS", 2000),
         rate: env("FANOUT_RATE", 0),
