@@ -43,6 +43,7 @@
 pub mod postgres;
 pub mod query;
 pub mod record;
+mod rows;
 pub mod spool;
 pub mod sqlite;
 pub mod store;

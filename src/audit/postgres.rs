@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, Row};
 
 use super::AuditError;
@@ -169,7 +169,7 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(store_err)?;
-        row.map(|r| stored_from_row(&r)).transpose()
+        row.map(|r| super::rows::stored_from_row(&r)).transpose()
     }
 
     /// The page and `total_count` run concurrently on two pooled connections.
@@ -221,7 +221,7 @@ impl PgStore {
         }
         let query = query.bind(i64::from(q.limit) + 1).bind(q.offset);
         let rows = query.fetch_all(&self.pool).await.map_err(store_err)?;
-        rows.iter().map(entry_from_row).collect()
+        rows.iter().map(super::rows::entry_from_row).collect()
     }
 
     /// Exact count of the filtered rows, and the id range they span.
@@ -333,52 +333,6 @@ fn bind_filters<'a>(mut query: PgQuery<'a>, q: &LogQuery, with_cursor: bool) -> 
         query = query.bind(v);
     }
     query
-}
-
-fn entry_from_row(r: &PgRow) -> Result<LogEntry, AuditError> {
-    Ok(LogEntry {
-        id: r.try_get("id").map_err(store_err)?,
-        seq: r.try_get("seq").map_err(store_err)?,
-        kind: r.try_get("kind").map_err(store_err)?,
-        pattern: r.try_get("pattern").map_err(store_err)?,
-        pattern_type: r.try_get("pattern_type").map_err(store_err)?,
-        keys_json: r.try_get("keys").map_err(store_err)?,
-        matched_count: r.try_get("matched_count").map_err(store_err)?,
-        triggered_by: r.try_get("triggered_by").map_err(store_err)?,
-        timestamp_us: r.try_get("ts_us").map_err(store_err)?,
-        request_id: r.try_get("request_id").map_err(store_err)?,
-        latency_us: r.try_get("latency_us").map_err(store_err)?,
-        node_id: r.try_get("node_id").map_err(store_err)?,
-        token_name: r.try_get("token_name").map_err(store_err)?,
-    })
-}
-
-fn stored_from_row(r: &PgRow) -> Result<StoredRequest, AuditError> {
-    let keys: Option<String> = r.try_get("keys").map_err(store_err)?;
-    let pattern_type: Option<String> = r.try_get("pattern_type").map_err(store_err)?;
-    Ok(StoredRequest {
-        request_id: r.try_get("request_id").map_err(store_err)?,
-        body_hash: r
-            .try_get::<Option<String>, _>("body_hash")
-            .map_err(store_err)?
-            .unwrap_or_default(),
-        seq: u64::try_from(r.try_get::<i64, _>("seq").map_err(store_err)?).unwrap_or(0),
-        published_at_us: r.try_get("ts_us").map_err(store_err)?,
-        pattern: r.try_get("pattern").map_err(store_err)?,
-        pattern_type: pattern_type
-            .as_deref()
-            .and_then(crate::pattern::PatternType::parse),
-        keys: keys
-            .as_deref()
-            .and_then(|k| serde_json::from_str(k).ok())
-            .unwrap_or_default(),
-        matched_count: u64::try_from(
-            r.try_get::<Option<i64>, _>("matched_count")
-                .map_err(store_err)?
-                .unwrap_or(0),
-        )
-        .unwrap_or(0),
-    })
 }
 
 // ---- binary COPY encoding -------------------------------------------------------------

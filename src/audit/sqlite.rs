@@ -13,8 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Row};
 
@@ -130,7 +129,7 @@ impl SqliteStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(store_err)?;
-        row.map(|r| stored_from_row(&r)).transpose()
+        row.map(|r| super::rows::stored_from_row(&r)).transpose()
     }
 
     pub async fn query(&self, q: &LogQuery) -> Result<(Vec<LogEntry>, i64), AuditError> {
@@ -182,7 +181,7 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(store_err)?;
-        rows.iter().map(entry_from_row).collect()
+        rows.iter().map(super::rows::entry_from_row).collect()
     }
 
     async fn count(&self, q: &LogQuery) -> Result<i64, AuditError> {
@@ -245,50 +244,4 @@ fn bind_filters<'a>(
         query = query.bind(v);
     }
     query
-}
-
-fn entry_from_row(r: &SqliteRow) -> Result<LogEntry, AuditError> {
-    Ok(LogEntry {
-        id: r.try_get("id").map_err(store_err)?,
-        seq: r.try_get("seq").map_err(store_err)?,
-        kind: r.try_get("kind").map_err(store_err)?,
-        pattern: r.try_get("pattern").map_err(store_err)?,
-        pattern_type: r.try_get("pattern_type").map_err(store_err)?,
-        keys_json: r.try_get("keys").map_err(store_err)?,
-        matched_count: r.try_get("matched_count").map_err(store_err)?,
-        triggered_by: r.try_get("triggered_by").map_err(store_err)?,
-        timestamp_us: r.try_get("ts_us").map_err(store_err)?,
-        request_id: r.try_get("request_id").map_err(store_err)?,
-        latency_us: r.try_get("latency_us").map_err(store_err)?,
-        node_id: r.try_get("node_id").map_err(store_err)?,
-        token_name: r.try_get("token_name").map_err(store_err)?,
-    })
-}
-
-fn stored_from_row(r: &SqliteRow) -> Result<StoredRequest, AuditError> {
-    let keys: Option<String> = r.try_get("keys").map_err(store_err)?;
-    let pattern_type: Option<String> = r.try_get("pattern_type").map_err(store_err)?;
-    Ok(StoredRequest {
-        request_id: r.try_get("request_id").map_err(store_err)?,
-        body_hash: r
-            .try_get::<Option<String>, _>("body_hash")
-            .map_err(store_err)?
-            .unwrap_or_default(),
-        seq: u64::try_from(r.try_get::<i64, _>("seq").map_err(store_err)?).unwrap_or(0),
-        published_at_us: r.try_get("ts_us").map_err(store_err)?,
-        pattern: r.try_get("pattern").map_err(store_err)?,
-        pattern_type: pattern_type
-            .as_deref()
-            .and_then(crate::pattern::PatternType::parse),
-        keys: keys
-            .as_deref()
-            .and_then(|k| serde_json::from_str(k).ok())
-            .unwrap_or_default(),
-        matched_count: u64::try_from(
-            r.try_get::<Option<i64>, _>("matched_count")
-                .map_err(store_err)?
-                .unwrap_or(0),
-        )
-        .unwrap_or(0),
-    })
 }

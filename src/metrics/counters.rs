@@ -87,7 +87,7 @@ impl TopK {
             }
             if m.len() >= self.cap {
                 let mut all: Vec<(String, u64)> = m.drain().collect();
-                all.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+                all.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
                 all.truncate(self.cap / 2);
                 m.extend(all);
             }
