@@ -64,7 +64,11 @@ struct Outbox {
 
 impl Outbox {
     fn new(cap: usize) -> Outbox {
-        Outbox { q: SegQueue::new(), len: AtomicUsize::new(0), cap }
+        Outbox {
+            q: SegQueue::new(),
+            len: AtomicUsize::new(0),
+            cap,
+        }
     }
 
     fn push(&self, frame: QueuedFrame) -> Result<(), QueuedFrame> {
