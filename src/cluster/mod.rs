@@ -244,7 +244,7 @@ impl Cluster {
         if next < first {
             // The events we were about to deliver have expired from the stream.
             tracing::warn!(next, first, "stream history no longer reaches our position");
-            hub.reset_all(crate::fanout::ResetReason::HistoryGap);
+            hub.history_gap(first.saturating_sub(1));
             self.delivered
                 .store(first.saturating_sub(1), Ordering::Release);
         }

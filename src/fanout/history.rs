@@ -106,12 +106,41 @@ impl History {
         Ok(self.entries.range(start..).map(|e| e.inv.clone()).collect())
     }
 
+    /// Events after `seq` were lost (cluster mode: the stream expired them before this node
+    /// delivered them): forget everything and answer any `resume` from before `seq` with
+    /// `history_gap`.
+    pub fn cut(&mut self, seq: u64) {
+        self.entries.clear();
+        self.floor = self.floor.max(seq);
+        self.evicted_any = true;
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_turns_older_positions_into_gaps() {
+        let mut h = History::new(10, Duration::from_secs(60), 0);
+        h.cut(7);
+        assert_eq!(
+            h.since(0, 7, Instant::now()).unwrap_err(),
+            ResetReason::HistoryGap
+        );
+        assert_eq!(
+            h.since(6, 7, Instant::now()).unwrap_err(),
+            ResetReason::HistoryGap
+        );
+        assert!(h.since(7, 7, Instant::now()).unwrap().is_empty());
     }
 }
 

@@ -325,6 +325,18 @@ impl Hub {
         }
     }
 
+    /// Events up to and including `lost_through` were lost before delivery (cluster mode: the
+    /// stream expired them): move the position past them, make any later `resume` from before
+    /// it a `history_gap` (not a partial replay), and send every connection a `reset`.
+    pub fn history_gap(&self, lost_through: u64) {
+        {
+            let mut gate = self.gate.lock();
+            gate.history.cut(lost_through);
+            self.seq.fetch_max(lost_through, Ordering::AcqRel);
+        }
+        self.reset_all(ResetReason::HistoryGap);
+    }
+
     /// Resolves once no connection is registered: after `close_all`, when every connection
     /// task has written its close frame and ended. Bound it with a timeout.
     pub async fn wait_closed(&self) {
