@@ -29,13 +29,7 @@ async fn key_invalidation_shape_and_seq() {
     let ts = v["published_at"].as_str().unwrap();
     assert!(ts.ends_with('Z') && ts.len() == 24, "{ts}");
     let seq1 = v["seq"].as_u64().unwrap();
-    let (_, v2) = s
-        .post_json(
-            "/invalidate/key",
-            &json!({"keys": ["a"], "triggered_by": "x"}),
-            None,
-        )
-        .await;
+    let (_, v2) = s.invalidate_keys(&["a"]).await;
     assert!(v2["seq"].as_u64().unwrap() > seq1);
     let rid = v2["request_id"].as_str().unwrap();
     let parts: Vec<&str> = rid.split('-').collect();
@@ -280,13 +274,7 @@ async fn configured_limits_apply() {
         .config_toml("[limits]\nmax_keys = 2\nmax_body_bytes = 200\n")
         .start()
         .await;
-    let (st, v) = s
-        .post_json(
-            "/invalidate/key",
-            &json!({"keys": ["a", "b", "c"], "triggered_by": "x"}),
-            None,
-        )
-        .await;
+    let (st, v) = s.invalidate_keys(&["a", "b", "c"]).await;
     assert_eq!((st, field(&v)), (400, "keys"));
     let (st, _) = s
         .post_raw(
@@ -608,12 +596,7 @@ async fn garbage_never_breaks_the_server() {
 #[tokio::test]
 async fn sigterm_exits_zero() {
     let mut s = TestServer::start().await;
-    s.post_json(
-        "/invalidate/key",
-        &json!({"keys": ["a"], "triggered_by": "x"}),
-        None,
-    )
-    .await;
+    s.invalidate_keys(&["a"]).await;
     assert_eq!(s.sigterm(), 0);
 }
 
@@ -621,22 +604,10 @@ async fn sigterm_exits_zero() {
 async fn seq_keeps_growing_across_restarts() {
     let dir = common::fresh_dir("restart");
     let mut s = TestServer::builder().data_dir(&dir).start().await;
-    let (_, v) = s
-        .post_json(
-            "/invalidate/key",
-            &json!({"keys": ["a"], "triggered_by": "x"}),
-            None,
-        )
-        .await;
+    let (_, v) = s.invalidate_keys(&["a"]).await;
     let before = v["seq"].as_u64().unwrap();
     s.kill();
     let s = TestServer::builder().data_dir(&dir).start().await;
-    let (_, v) = s
-        .post_json(
-            "/invalidate/key",
-            &json!({"keys": ["a"], "triggered_by": "x"}),
-            None,
-        )
-        .await;
+    let (_, v) = s.invalidate_keys(&["a"]).await;
     assert!(v["seq"].as_u64().unwrap() > before);
 }

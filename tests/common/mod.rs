@@ -170,6 +170,12 @@ impl TestServer {
         self.post_raw(path, &body.to_string(), token).await
     }
 
+    /// `POST /invalidate/key` of `keys`, triggered by "x", no token.
+    pub async fn invalidate_keys(&self, keys: &[&str]) -> (u16, Value) {
+        let body = serde_json::json!({"keys": keys, "triggered_by": "x"});
+        self.post_json("/invalidate/key", &body, None).await
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let mut c = self.client().await;
         let r = c.get(path, token).await.expect("request");
