@@ -1,5 +1,5 @@
 //! Routing indexes (SPEC targets):
-//! - `SubscriptionIndex::match_key` with 10 and with 10,000 subscription patterns in NOTES.md's
+//! - `SubscriptionIndex::match_key` with 10 and with 10,000 subscription patterns in the measured
 //!   mix (70% prefixes, 25% suffixes, 5% globs and regexes): 10,000 must stay within 1.5x of 10.
 //! - `TrackedIndex::matches` over 1,000,000 tracked keys: a prefix resolving 1,000 keys
 //!   (target < 2 ms p99) and a selective regex.
@@ -22,7 +22,7 @@ fn pat(source: &str, explicit: Option<PatternType>) -> Arc<Pattern> {
     }
 }
 
-/// `n` subscription patterns, one connection each, in NOTES.md's mix.
+/// `n` subscription patterns, one connection each, in the measured mix (70% prefixes, 25% suffixes, 5% regexes).
 fn subscriptions(n: usize) -> SubscriptionIndex {
     let idx = SubscriptionIndex::new();
     let prefixes = n * 70 / 100;

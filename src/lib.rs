@@ -33,7 +33,6 @@
 
 pub mod audit;
 pub mod auth;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod error;

@@ -636,7 +636,7 @@ mod client_lib {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use invalidator::client::{CacheClient, ClientOptions, MapCache};
+    use invalidator_client::{CacheClient, ClientOptions, MapCache};
 
     use super::*;
 

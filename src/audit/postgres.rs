@@ -10,7 +10,7 @@
 //!   above): COPY into a per-connection temp table, then `INSERT ... SELECT ... ON CONFLICT
 //!   (request_id) DO NOTHING`, so a batch that may be partly in lands exactly once.
 //!
-//! Binary COPY format (NOTES.md): header `PGCOPY\n\xff\r\n\0`, flags i32 0, extension i32 0;
+//! Binary COPY format (PostgreSQL's `COPY ... (FORMAT binary)`): header `PGCOPY\n\xff\r\n\0`, flags i32 0, extension i32 0;
 //! per row i16 column count, then per column i32 length (-1 = NULL) and the bytes; trailer
 //! i16 -1. `timestamptz` is i64 µs since 2000-01-01 UTC; `jsonb` is version byte 1 + JSON.
 //!

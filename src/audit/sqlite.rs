@@ -3,7 +3,7 @@
 //! A batch is one transaction of multi-row `INSERT ... ON CONFLICT (request_id) DO NOTHING`
 //! statements of [`ROWS_PER_STATEMENT`] rows (14 binds each, well under SQLite's 32,766
 //! variable limit), so every write is already idempotent and replays need no special path.
-//! NOTES.md: 100k rows in one such transaction take ~165 ms.
+//! Measured on this machine kind: 100k rows in one such transaction take ~165 ms.
 //!
 //! The `key` filter uses the `invalidation_audit_keys` side table (filled by trigger), and the
 //! unfiltered `total_count` the trigger-maintained counter: see the migration.

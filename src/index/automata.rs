@@ -7,7 +7,7 @@
 //! (see `subs.rs`); searching is allocation-free and costs O(key length) per group.
 //!
 //! Byte semantics: the DFAs are compiled with Unicode off (`unicode(false).utf8(false)`), as
-//! NOTES.md recommends (Unicode `\w` or `.` make dense DFAs explode). Two kinds of sources:
+//! measurements recommend (Unicode `\w` or `.` make dense DFAs explode). Two kinds of sources:
 //! * glob sources are written by the pattern engine with explicit byte classes, so a byte
 //!   DFA matches exactly the same keys: those groups serve every key;
 //! * user regexes have Unicode semantics. On an ASCII key a byte DFA gives the same answer,
@@ -29,7 +29,7 @@ use regex_automata::{Anchored, MatchKind};
 /// Most patterns compiled into one DFA. Larger groups mean fewer DFA walks per key but a
 /// larger (and, for overlapping globs, possibly exponential) determinisation.
 pub(crate) const GROUP_SIZE: usize = 512;
-/// Size limits of one DFA and of its determinisation (NOTES.md: always set them).
+/// Size limits of one DFA and of its determinisation (always set them: an unbounded determinisation can take gigabytes).
 const DFA_SIZE_LIMIT: usize = 16 << 20;
 const DETERMINIZE_SIZE_LIMIT: usize = 32 << 20;
 

@@ -20,6 +20,8 @@
 
 pub mod fill;
 
+pub use invalidator_core::pattern;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +36,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::pattern::{Pattern, PatternLimits, PatternType};
+use invalidator_core::pattern::{Pattern, PatternLimits, PatternType};
 
 pub use fill::{FillGuard, FillToken};
 

@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::pattern::Pattern;
+use invalidator_core::pattern::Pattern;
 
 /// Fills in progress, by key.
 #[derive(Default)]
@@ -132,7 +132,7 @@ impl FillGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pattern::PatternLimits;
+    use invalidator_core::pattern::PatternLimits;
 
     #[test]
     fn a_fill_stores_unless_invalidated_meanwhile() {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use invalidator::client::{CacheClient, ClientOptions, MapCache};
+use invalidator_client::{CacheClient, ClientOptions, MapCache};
 
 /// The source of truth: a value per key that changes on every load (so staleness shows).
 struct Database {
