@@ -30,6 +30,15 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _ALL_SERVERS: list["Server"] = []
 
 
+def _die_with_parent() -> None:  # runs in the child before exec (Linux): SIGKILL when pytest dies
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 def server_binary() -> Path:
     path = Path(os.environ.get("INVALIDATOR_BIN") or DEFAULT_BIN)
     if not path.is_file() or not os.access(path, os.X_OK):
@@ -92,9 +101,14 @@ class Server:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
             env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info"), "NO_COLOR": "1"},
         )
         log.close()
+        pidfile = os.environ.get("INVALIDATOR_TEST_PIDFILE")
+        if pidfile:
+            with open(pidfile, "a") as f:
+                f.write(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

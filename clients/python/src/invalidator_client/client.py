@@ -613,13 +613,17 @@ class CacheClient:
             try:
                 await self._open(ws)
                 attempt = 0
-                await self._read_loop(ws)
+                if not (self._offline or self._closed):
+                    await self._read_loop(ws)
             except asyncio.CancelledError:
                 await _close_quietly(ws)
                 raise
             except (ConnectionClosed, OSError, asyncio.TimeoutError, _ProtocolViolation) as e:
                 log.info("connection to %s lost: %r", self.url, e)
                 self._set(last_error=f"connection lost: {e!r}")
+            except Exception as e:  # a bug: log it, reconnect rather than die
+                log.exception("session with %s failed", self.url)
+                self._set(last_error=f"session failed: {e!r}")
             finally:
                 self._end_session()
             await _close_quietly(ws)
@@ -643,7 +647,10 @@ class CacheClient:
     async def _open(self, ws: ClientConnection) -> None:
         """Read ``hello``; send subscribe, re-track held keys and resume from the position."""
         raw = await asyncio.wait_for(ws.recv(), self.connect_timeout)
-        hello = json.loads(raw)
+        try:
+            hello = json.loads(raw)
+        except ValueError:
+            hello = None
         if not isinstance(hello, dict) or hello.get("type") != "hello":
             raise _ProtocolViolation(f"expected hello, got {raw!r:.200}")
         self._session_epoch = str(hello.get("epoch", ""))
@@ -698,8 +705,19 @@ class CacheClient:
             except ValueError:
                 log.warning("server sent a frame that is not JSON: %.200r", raw)
                 continue
-            if isinstance(frame, dict):
+            if not isinstance(frame, dict):
+                continue
+            try:
                 self._apply(frame)
+            except Exception:
+                # A failing cache or callback must not stop the client; an event that was not
+                # applied may leave stale entries, so drop everything.
+                log.exception("applying a %r frame failed: clearing the local cache", frame.get("type"))
+                self._fills.void_all()
+                try:
+                    self.cache.clear()
+                except Exception:
+                    log.exception("clearing the local cache failed")
 
     # ---- applying frames ------------------------------------------------------------------------
 
@@ -762,6 +780,10 @@ class CacheClient:
             log.error("the server refused the subscriptions: %s", result)
             if self._first is not None and not self._first.done():
                 self._first.set_exception(result)
+            else:
+                # Events for keys cached under those subscriptions may be missed from now on.
+                self._fills.void_all()
+                self.cache.clear()
         elif op == "track":
             # Keys the server will not track cannot be kept coherent: drop them.
             log.warning("re-tracking %d keys refused (%s): dropping them", len(keys), result)
