@@ -854,7 +854,7 @@ export class CacheClient<V = unknown> {
     if (Array.isArray(ev.keys)) for (const k of ev.keys) if (typeof k === "string") this.invalidateKey(k, soft);
     if (typeof ev.pattern === "string") {
       try {
-        const p = this.patterns.get(ev.pattern, ev.pattern_type ?? null);
+        const p = this.patterns.get(ev.pattern, ev.pattern_type ?? null, true);
         this.fills.voidMatching((k) => p.isMatch(k));
         for (const k of [...this.cache.keys()]) if (p.isMatch(k)) this.invalidateKey(k, soft);
         for (const k of [...this.held.keys()]) if (p.isMatch(k)) this.held.delete(k);

@@ -19,6 +19,7 @@ export {
   PATTERN_TYPES,
   inferPatternType,
   isPatternType,
+  parseEventPattern,
   parsePattern,
 } from "./pattern.js";
 export { translateRustRegex } from "./regex.js";

@@ -231,15 +231,18 @@ export class PatternCache {
   private readonly map = new Map<string, Pattern | PatternError>();
   constructor(private readonly capacity = 256) {}
 
-  /** The compiled pattern; throws {@link PatternError} like {@link parsePattern}. */
-  get(source: string, explicit?: PatternType | null): Pattern {
-    const id = `${explicit ?? ""}\u0000${source}`;
+  /**
+   * The compiled pattern; throws {@link PatternError} like {@link parsePattern}. With
+   * `forEvent`, compiled by {@link parseEventPattern}.
+   */
+  get(source: string, explicit?: PatternType | null, forEvent = false): Pattern {
+    const id = `${forEvent ? "e" : ""}${explicit ?? ""}\u0000${source}`;
     let hit = this.map.get(id);
     if (hit !== undefined) {
       this.map.delete(id);
     } else {
       try {
-        hit = parsePattern(source, explicit);
+        hit = forEvent ? parseEventPattern(source, explicit) : parsePattern(source, explicit);
       } catch (e) {
         if (!(e instanceof PatternError)) throw e;
         hit = e;
@@ -253,4 +256,27 @@ export class PatternCache {
     if (hit instanceof PatternError) throw hit;
     return hit;
   }
+}
+
+/**
+ * The pattern of an `invalidate` event, as a matcher that covers every key the server could
+ * have meant.
+ *
+ * An event carries the pattern as the publisher wrote it and the type the server settled on,
+ * but not whether that type was given or inferred, and the two readings differ for
+ * `exact`/`prefix`/`suffix` text with backslashes: inferred, `user:\*` is the key `user:*`;
+ * given as `exact`, it is the text `user:\*` verbatim. When both readings are possible (the
+ * inferred type equals the event's type), this matches the union of the two, over-invalidating
+ * rather than keeping a stale entry. Globs and regexes have one reading.
+ */
+export function parseEventPattern(source: string, type?: PatternType | null): Pattern {
+  const given = parsePattern(source, type);
+  if (type == null || type === "glob" || type === "regex" || !source.includes("\\")) return given;
+  if (inferPatternType(source) !== type) return given;
+  const inferred = parsePattern(source);
+  return Object.freeze({
+    source,
+    kind: given.kind,
+    isMatch: (key: string) => given.isMatch(key) || inferred.isMatch(key),
+  });
 }
