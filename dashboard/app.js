@@ -51,8 +51,8 @@
   function fmtUs(v) {
     const n = num(v);
     if (n === null) return '–';
-    if (n >= 1e6) return (n / 1e6).toFixed(2) + ' s';
-    if (n >= 1e4) return (n / 1e3).toFixed(1) + ' ms';
+    if (n >= 1e6) return +(n / 1e6).toFixed(2) + ' s';
+    if (n >= 1e3) return +(n / 1e3).toFixed(n >= 1e5 ? 0 : n >= 1e4 ? 1 : 2) + ' ms';
     return Math.round(n) + ' µs';
   }
 
@@ -518,10 +518,10 @@
       height: opts.height || 180,
       cursor: { drag: { x: false, y: false } },
       legend: { live: true },
-      scales: { x: { time: true, range: (u, min, max) => (max === null || max === undefined ? [Date.now() / 1000 - 60, Date.now() / 1000] : [Math.min(min, max - 60), max]) }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, opts.minMax || 1)] } },
+      scales: { x: { time: true, range: (u, min, max) => (max === null || max === undefined ? [Date.now() / 1000 - 30, Date.now() / 1000] : [Math.min(min, max - 30), max]) }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, opts.minMax || 1)] } },
       axes: [
         { stroke: axisStroke, grid, ticks: grid },
-        { stroke: axisStroke, grid, ticks: grid, size: 56, values: (u, vals) => vals.map((v) => (opts.fmt || fmtCompact)(v)) },
+        { stroke: axisStroke, grid, ticks: grid, size: 64, values: (u, vals) => vals.map((v) => (opts.fmt || fmtCompact)(v)) },
       ],
       series: [{}, ...series.map((s) => ({
         label: s.label, stroke: s.color, width: 2, fill: s.fill, points: { show: false },
@@ -529,6 +529,12 @@
       }))],
     }, [[], ...series.map(() => [])], host);
     host.dataset.ready = 'true';
+    u.over.addEventListener('mouseenter', () => hovered.add(u));
+    u.over.addEventListener('mouseleave', () => {
+      hovered.delete(u);
+      const n = u.data[0].length;
+      if (n) setTimeout(() => u.setLegend({ idx: n - 1 }), 0);
+    });
     return u;
   }
 
@@ -617,10 +623,17 @@
   };
 
   function redrawCharts(s) {
-    if (charts.rate) charts.rate.setData([s.x, s.rate]);
-    if (charts.latency) charts.latency.setData([s.x, s.p50, s.p90, s.p99]);
-    if (charts.deliveries) charts.deliveries.setData([s.x, s.deliv]);
+    const put = (u, data) => {
+      if (!u) return;
+      u.setData(data);
+      // Without a cursor over the chart the legend shows the latest values, not dashes.
+      if (!hovered.has(u) && data[0].length) u.setLegend({ idx: data[0].length - 1 });
+    };
+    put(charts.rate, [s.x, s.rate]);
+    put(charts.latency, [s.x, s.p50, s.p90, s.p99]);
+    put(charts.deliveries, [s.x, s.deliv]);
   }
+  const hovered = new Set();
 
   function setCard(id, value, sub, title) {
     const c = $(id);
@@ -906,5 +919,12 @@
     get lastSeq() { return ws.seq; },
     get epoch() { return ws.epoch; },
     dropSocket() { if (ws.sock) ws.sock.close(4000, 'dropped by test'); },
+    chartData() {
+      const max = (a) => a.reduce((m, v) => (v !== null && v > m ? v : m), 0);
+      return {
+        points: metrics.x.length, maxRate: max(metrics.rate), maxDeliveries: max(metrics.deliv),
+        maxP50: max(metrics.p50), maxP99: max(metrics.p99),
+      };
+    },
   });
 })();

@@ -60,7 +60,10 @@ export function startDevServer({ target, host = '127.0.0.1', port = 0 }) {
   });
 
   // WebSocket (and any other) upgrade: replay the request head to the target, then splice the sockets.
+  const tunnels = new Set();
   server.on('upgrade', (req, sock, head) => {
+    tunnels.add(sock);
+    sock.on('close', () => tunnels.delete(sock));
     const up = net.connect(Number(t.port), t.hostname, () => {
       let h = `${req.method} ${req.url} HTTP/1.1\r\n`;
       for (let i = 0; i < req.rawHeaders.length; i += 2) h += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
@@ -78,7 +81,7 @@ export function startDevServer({ target, host = '127.0.0.1', port = 0 }) {
       const a = server.address();
       resolve({
         url: `http://${host}:${a.port}`,
-        close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(() => r()); }),
+        close: () => new Promise((r) => { for (const t of tunnels) t.destroy(); server.closeAllConnections?.(); server.close(() => r()); }),
       });
     });
   });
