@@ -272,6 +272,8 @@ async def test_disconnect_then_resume_replays_missed_events(server: Server, make
     c.cache.set(f"{ns}:sub:1", "s")
     c.cache.set(f"{ns}:keep", "k")
     before = c.status.seq
+    during: list[tuple[int, bool, int]] = []
+    c.on_event = lambda f: during.append((f["seq"], c.status.resuming, c.status.seq))
     c.disconnect()
     assert await c.wait_until(lambda s: not s.connected)
     r1 = await server.invalidate_keys([f"{ns}:tracked"])
@@ -287,11 +289,39 @@ async def test_disconnect_then_resume_replays_missed_events(server: Server, make
     assert f"{ns}:tracked" not in c.cache
     assert f"{ns}:sub:1" not in c.cache
     assert c.get(f"{ns}:keep") == "k"
+    # The position does not move while the resume is in flight (a disconnect mid-replay must
+    # resume from the old position again); it moves to the resumed seq at the end.
+    replayed = [d for d in during if d[0] in (r1["seq"], r2["seq"])]
+    assert len(replayed) == 2
+    assert all(resuming and pos == before for _, resuming, pos in replayed), during
     # Live again after the resume.
     c.cache.set(f"{ns}:sub:2", 2)
     r = await server.invalidate_keys([f"{ns}:sub:2"])
     await synced(c, r["seq"])
     assert f"{ns}:sub:2" not in c.cache
+
+
+async def test_reset_clears_cache_fills_and_held_keys(server: Server, make_client, ns):
+    c = await make_client(server.ws_url, subscriptions=[f"{ns}:*"])
+    await fill(c, f"{ns}:a", 1)
+    c.cache.set("other:key", 2)
+    token = await c.begin_fill(f"{ns}:b")
+    seq = c.status.seq
+    c.disconnect()
+    assert await c.wait_until(lambda s: not s.connected)
+    c._status.seq = seq + 10_000_000  # a position the server never reached
+    c.reconnect()
+    assert await c.wait_until(lambda s: s.connected and s.sessions == 2)
+    st = c.status
+    assert st.resets == 1 and st.last_reset_reason == "invalid_position"
+    assert len(c.cache) == 0 and c.held_keys == {}
+    assert c.complete_fill(token, "x") is False
+    assert st.seq <= seq + 1000  # back at the new session's hello position
+    # Coherent and live afterwards.
+    c.cache.set(f"{ns}:c", 3)
+    r = await server.invalidate_keys([f"{ns}:c"])
+    await synced(c, r["seq"])
+    assert f"{ns}:c" not in c.cache
 
 
 async def test_fill_begun_while_offline_is_voided_by_the_replay(server: Server, make_client, ns):

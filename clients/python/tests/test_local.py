@@ -127,3 +127,71 @@ async def test_first_connect_failure_raises():
     c = CacheClient(f"ws://127.0.0.1:{port}/ws", connect_timeout=2, proxy=None)
     with pytest.raises(ConnectError):
         await c.start()
+
+
+# ---- applying SPEC-shaped frames (the client's event logic, without a connection) ----------------
+
+
+def _client(**kw) -> CacheClient:
+    return CacheClient("ws://127.0.0.1:1/ws", **kw)
+
+
+def _event(seq, keys=(), pattern=None, pattern_type=None, tags=None, soft=False):
+    return {"type": "invalidate", "seq": seq, "epoch": "e1", "request_id": "r", "triggered_by": "t",
+            "published_at": "2025-01-15T10:30:00.123Z", "keys": list(keys), "pattern": pattern,
+            "pattern_type": pattern_type, "tags": tags, "soft": soft}
+
+
+def test_tag_event_drops_keys_carrying_the_tags_and_voids_their_fills():
+    c = _client()
+    for k in ("p:1", "p:2", "p:3"):
+        c.cache.set(k, k)
+    c._held = {"p:1": frozenset({"product:42", "catalog"}), "p:2": frozenset({"catalog"}), "p:3": frozenset()}
+    t_tagged = c._fills.begin("p:9", tags=["product:42"])
+    t_plain = c._fills.begin("p:8")
+    c._status.epoch = "e1"
+    # The server names the keys; the client also drops any held key carrying the tag.
+    c._apply(_event(5, keys=[], tags=["product:42"]))
+    assert "p:1" not in c.cache and "p:1" not in c._held
+    assert "p:2" in c.cache and "p:3" in c.cache
+    assert not t_tagged.valid and t_plain.valid
+    assert c.status.seq == 5 and c.status.events == 1
+
+
+def test_soft_events_mark_stale_instead_of_dropping():
+    clock = FakeClock()
+    c = _client(cache=LRUCache(max_stale=10, clock=clock))
+    for k in ("u:1", "u:2", "v:1"):
+        c.cache.set(k, k)
+    token = c._fills.begin("u:1")
+    c._apply(_event(1, keys=["u:1"], soft=True))
+    c._apply(_event(2, pattern="u:*", pattern_type="prefix", soft=True))
+    assert c.get_entry("u:1").stale and c.get_entry("u:2").stale and not c.get_entry("v:1").stale
+    assert c.get("u:1") == "u:1"  # served stale
+    assert not token.valid, "a soft invalidation voids fills too: the value read may be old"
+    assert c.status.soft_events == 2
+    clock.t += 11
+    assert c.get("u:1") is None  # past max_stale: a miss
+    c._apply(_event(3, keys=["v:1"]))  # hard
+    assert "v:1" not in c.cache
+
+
+def test_position_does_not_advance_while_resuming_and_reset_moves_it_to_hello():
+    c = _client()
+    c._status.epoch, c._status.seq = "old", 10
+    c._status.resuming = True
+    c._apply(_event(11, keys=["a"]))
+    c._apply({"type": "heartbeat", "seq": 12})
+    assert c.status.seq == 10
+    c._apply({"type": "resumed", "replayed": 1, "seq": 12})
+    assert c.status.seq == 12 and not c.status.resuming
+    c._apply({"type": "pong", "seq": 14})
+    assert c.status.seq == 14
+    c._apply({"type": "heartbeat", "seq": 13})
+    assert c.status.seq == 14  # never backwards
+    c.cache.set("x", 1)
+    c._session_epoch, c._hello_seq = "new", 100
+    c._apply({"type": "reset", "reason": "epoch_changed"})
+    st = c.status
+    assert (st.epoch, st.seq, st.resets, len(c.cache)) == ("new", 100, 1, 0)
+
