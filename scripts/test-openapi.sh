@@ -13,7 +13,7 @@
 #      first bytes).
 # Ends with `openapi: N passed, N failed` (N = operations) and exits non-zero on any failure.
 #
-# Env: INVALIDATOR_BIN (default <repo>/target/debug/invalidator), OPENAPI_MAX_EXAMPLES (40),
+# Env: INVALIDATOR_BIN (default <repo>/target/debug/invalidator), OPENAPI_MAX_EXAMPLES (60),
 # OPENAPI_SEED (1; "random" for a new one), OPENAPI_TIMEOUT (seconds for schemathesis, 90).
 set -euo pipefail
 
@@ -21,7 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VENV="$ROOT/.venv-tools"
 BIN=${INVALIDATOR_BIN:-$ROOT/target/debug/invalidator}
 DOC="$ROOT/docs/openapi.json"
-MAX_EXAMPLES=${OPENAPI_MAX_EXAMPLES:-40}
+MAX_EXAMPLES=${OPENAPI_MAX_EXAMPLES:-60}
 SEED=${OPENAPI_SEED:-1}
 TIMEOUT=${OPENAPI_TIMEOUT:-90}
 SCHEMATHESIS_VERSION=4.32.5
