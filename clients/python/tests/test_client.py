@@ -238,6 +238,14 @@ async def test_get_or_fill_loads_once_and_reloads_after_invalidation(server: Ser
         await release.wait()
         return "old"
 
+    def broken(key):
+        raise LookupError(key)
+
+    with pytest.raises(LookupError):
+        await c.get_or_fill(f"{ns}:broken", broken)
+    assert f"{ns}:broken" not in c.cache and f"{ns}:broken" not in c.held_keys
+    assert c.fills_in_progress == 0
+
     task = asyncio.create_task(c.get_or_fill(f"{ns}:slow", slow))
     await started.wait()
     r = await server.invalidate_keys([f"{ns}:slow"])

@@ -434,8 +434,9 @@ class CacheClient:
         def done(t: asyncio.Task) -> None:
             if self._loads.get(key) is load:
                 del self._loads[key]
-            if background and not t.cancelled() and t.exception() is not None:
-                log.warning("background refill of %r failed: %r", key, t.exception())
+            exc = None if t.cancelled() else t.exception()  # retrieved: callers may be gone
+            if background and exc is not None:
+                log.warning("background refill of %r failed: %r", key, exc)
 
         load.task.add_done_callback(done)
         return load
