@@ -372,7 +372,11 @@
     connect() {
       clearTimeout(this.timer);
       this.timer = null;
-      if (auth.prompting) { setBadge('ws-status', 'auth', 'ws: waiting for token'); return; }
+      if (auth.prompting) {
+        setBadge('ws-status', 'auth', 'ws: waiting for token');
+        this.timer = setTimeout(() => this.connect(), 2000);
+        return;
+      }
       setBadge('ws-status', 'connecting', this.attempt ? `ws: reconnecting (try ${this.attempt + 1})` : 'ws: connecting');
       let sock;
       try {

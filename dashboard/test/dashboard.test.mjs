@@ -283,6 +283,13 @@ async function main() {
       assert(txt.includes(key) && txt.includes('dashboard-test'), `row shows key and triggered_by: ${txt}`);
       eq(await page.getAttribute('[data-testid="audit-total"]', 'data-total'), '1', 'total_count');
       assert(!(await page.isVisible('[data-testid="audit-error"]')), 'no error');
+      // By pattern: the pattern invalidation above.
+      await page.fill('[data-testid="audit-key"]', '');
+      await page.fill('[data-testid="audit-pattern"]', `dashpat:${RUN_ID}:*`);
+      eq(await auditSearchUntilRows(page, 1, 5000), 1, 'audit rows for the pattern');
+      const prow = await page.locator('[data-testid="audit-row"]').first().textContent();
+      assert(prow.includes(`dashpat:${RUN_ID}:*`) && prow.includes(`dashpat:${RUN_ID}:a`) && prow.includes('prefix'), `pattern row: ${prow}`);
+      await page.fill('[data-testid="audit-pattern"]', '');
     });
 
     await check('audit search by request_id from the event row link', async () => {
