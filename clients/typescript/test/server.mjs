@@ -1,6 +1,6 @@
 // Test helper: runs the REAL invalidator binary as a child process.
 //
-// The binary: $INVALIDATOR_BIN, else <repo>/target/debug/invalidator (../../target from the
+// The binary: $INVALIDATOR_BIN (when set, nothing else), else <repo>/target/debug/invalidator (../../target from the
 // package), else /tmp/inv-bin/invalidator. Every child is SIGKILLed when the test process exits.
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, openSync, closeSync, rmSync, writeFileSync } from "node:fs";
@@ -13,8 +13,12 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const packageDir = path.resolve(here, "..");
 
 export function serverBinary() {
+  const explicit = process.env.INVALIDATOR_BIN;
+  if (explicit) {
+    if (!existsSync(explicit)) throw new Error(`INVALIDATOR_BIN=${explicit} does not exist`);
+    return explicit;
+  }
   const candidates = [
-    process.env.INVALIDATOR_BIN,
     path.resolve(packageDir, "../../target/debug/invalidator"),
     "/tmp/inv-bin/invalidator",
   ].filter(Boolean);
@@ -24,6 +28,7 @@ export function serverBinary() {
 }
 
 const children = new Set();
+const dirs = new Set();
 process.on("exit", () => {
   for (const c of children) {
     try {
@@ -32,6 +37,7 @@ process.on("exit", () => {
       // gone
     }
   }
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
 
 export function freePort() {
@@ -46,8 +52,11 @@ export function freePort() {
   });
 }
 
+/** A fresh directory, removed when the test process exits. */
 export function tempDir(prefix = "inv-ts-") {
-  return mkdtempSync(path.join(tmpdir(), prefix));
+  const d = mkdtempSync(path.join(tmpdir(), prefix));
+  dirs.add(d);
+  return d;
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
