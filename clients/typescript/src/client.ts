@@ -139,8 +139,8 @@ export interface ClientEvents {
   reset: (reason: string) => void;
   /** A session is ready (subscribed and re-tracked). */
   connect: () => void;
-  /** The connection closed (a reconnect follows unless offline or closed). */
-  disconnect: (info: { code: number; reason: string }) => void;
+  /** The connection closed; `reconnecting` unless offline ({@link CacheClient.disconnect}) or closed. */
+  disconnect: (info: { code: number; reason: string; reconnecting: boolean }) => void;
   /** A background problem: a failed reconnect, a refused re-subscription, a failed refresh. */
   error: (error: Error) => void;
   /** The status changed. */
@@ -243,7 +243,6 @@ export class CacheClient<V = unknown> {
   private closed = false;
   private attempt = 0;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
-  private untrackQueue: string[] = [];
 
   /**
    * Connect, subscribe, and keep the cache coherent from now on. Rejects if the first
@@ -415,18 +414,23 @@ export class CacheClient<V = unknown> {
     return Number(reply.count ?? 0);
   }
 
-  /** Drop a key locally and stop tracking it. */
+  /** Drop a key locally and stop tracking it (unless a fill of it is in progress). */
   delete(key: string): boolean {
     const had = this.cache.delete(key);
-    if (this.held.delete(key)) this.queueUntrack(key);
+    this.release(key);
     return had;
   }
 
-  /** Drop every local entry and stop tracking them. */
+  /** Drop every local entry and stop tracking them (keys being filled stay tracked). */
   clear(): void {
     this.cache.clear();
-    for (const k of this.held.keys()) this.queueUntrack(k);
-    this.held.clear();
+    const gone: string[] = [];
+    for (const k of [...this.held.keys()]) {
+      if (this.fills.isFilling(k)) continue;
+      this.held.delete(k);
+      gone.push(k);
+    }
+    this.sendUntrack(gone);
   }
 
   /** Ping the server; resolves to its current `seq` (the position advances to it). */
@@ -620,7 +624,13 @@ export class CacheClient<V = unknown> {
     if (this.state.epoch !== undefined) {
       s.resuming = true;
       this.state.resuming = true;
-      this.send(s, "resume", { epoch: this.state.epoch, since_seq: this.state.seq }).catch(() => {});
+      this.send(s, "resume", { epoch: this.state.epoch, since_seq: this.state.seq }).catch((err: unknown) => {
+        // A refused resume leaves us not knowing what we missed: the same answer as a reset.
+        if (err instanceof ServerError && !s.closed && s.resuming) {
+          this.reset(s, `resume refused: ${err.code}`);
+          this.changed();
+        }
+      });
     } else {
       this.state.epoch = s.epoch;
       this.state.seq = s.helloSeq;
@@ -666,7 +676,7 @@ export class CacheClient<V = unknown> {
     this.changed();
     if (!s.ready) return; // openSession's caller handles the failure.
     this.log("info", `disconnected (${code}${reason ? `: ${reason}` : ""})`);
-    this.emit("disconnect", { code, reason });
+    this.emit("disconnect", { code, reason, reconnecting: !this.closed && !this.offline });
     // A session that lived a while earns a fresh backoff; one that dies at once does not.
     if (wasReady && this.now() - s.openedAt > 1000) this.attempt = 0;
     this.scheduleReconnect();
@@ -749,22 +759,20 @@ export class CacheClient<V = unknown> {
   }
 
   private evicted(key: string): void {
-    if (this.held.delete(key)) this.queueUntrack(key);
+    this.release(key);
   }
 
-  /** Untracks are batched into one frame per tick. */
-  private queueUntrack(key: string): void {
-    this.untrackQueue.push(key);
-    if (this.untrackQueue.length > 1) return;
-    queueMicrotask(() => {
-      const keys = this.untrackQueue;
-      this.untrackQueue = [];
-      const s = this.session;
-      if (!s || s.closed || keys.length === 0) return;
-      // A key filled again meanwhile is held again: keep it tracked.
-      const still = keys.filter((k) => !this.held.has(k));
-      if (still.length > 0) this.send(s, "untrack", { keys: still }).catch(() => {});
-    });
+  /** The key is no longer cached: untrack it, unless a fill of it is in progress. */
+  private release(key: string): void {
+    if (this.fills.isFilling(key)) return;
+    if (this.held.delete(key)) this.sendUntrack([key]);
+  }
+
+  /** Tell the server we no longer hold `keys` (best effort: a reconnect forgets them anyway). */
+  private sendUntrack(keys: string[]): void {
+    const s = this.session;
+    if (!s || s.closed || keys.length === 0) return;
+    this.send(s, "untrack", { keys }).catch(() => {});
   }
 
   // ---- applying frames ----------------------------------------------------------------------
@@ -790,20 +798,9 @@ export class CacheClient<V = unknown> {
         this.state.resuming = false;
         this.advance(s, seq);
         break;
-      case "reset": {
-        const reason = typeof frame.reason === "string" ? frame.reason : "unknown";
-        this.log("info", `reset (${reason}): clearing the local cache`);
-        this.fills.voidAll();
-        this.cache.clear();
-        this.held.clear();
-        s.resuming = false;
-        this.state.resuming = false;
-        this.state.resets += 1;
-        this.state.epoch = s.epoch;
-        this.state.seq = s.helloSeq;
-        this.emit("reset", reason);
+      case "reset":
+        this.reset(s, typeof frame.reason === "string" ? frame.reason : "unknown");
         break;
-      }
       case "heartbeat":
       case "pong":
       case "subscribed":
@@ -830,6 +827,20 @@ export class CacheClient<V = unknown> {
       }
     }
     this.changed();
+  }
+
+  /** Events may have been lost: clear everything and take this session's position. */
+  private reset(s: Session, reason: string): void {
+    this.log("info", `reset (${reason}): clearing the local cache`);
+    this.fills.voidAll();
+    this.cache.clear();
+    this.held.clear();
+    s.resuming = false;
+    this.state.resuming = false;
+    this.state.resets += 1;
+    this.state.epoch = s.epoch;
+    this.state.seq = s.helloSeq;
+    this.emit("reset", reason);
   }
 
   /** Drop (or, when soft, mark stale) one local key, and void its fills. */

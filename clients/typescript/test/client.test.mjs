@@ -268,6 +268,43 @@ describe("fill guard", () => {
   });
 });
 
+describe("bounded cache", () => {
+  test("the default LRU holds maxEntries and untracks what it evicts", async () => {
+    const c = await connect({ maxEntries: 2 });
+    await fill(c, "ev:a", 1);
+    await fill(c, "ev:b", 2);
+    await fill(c, "ev:c", 3); // evicts ev:a
+    assert.equal(c.cache.size, 2);
+    assert.equal(c.cache.has("ev:a"), false);
+    // The untrack of ev:a went out before this track: the server holds ev:b, ev:c, ev:probe.
+    assert.equal(await c.track(["ev:probe"]), 3);
+    let gotA = false;
+    c.on("invalidate", (e) => {
+      if (e.keys.includes("ev:a")) gotA = true;
+    });
+    await server.invalidateKeys(["ev:a"]);
+    const probe = nextEvent(c, (e) => e.keys.includes("ev:probe"));
+    await server.invalidateKeys(["ev:probe"]);
+    await probe;
+    assert.equal(gotA, false, "an evicted key is still tracked");
+  });
+
+  test("delete and clear untrack, but never a key whose fill is in progress", async () => {
+    const c = await connect();
+    await fill(c, "dc:1", 1);
+    await fill(c, "dc:2", 2);
+    const token = await c.beginFill("dc:3");
+    c.delete("dc:1");
+    c.clear();
+    assert.equal(c.cache.size, 0);
+    assert.equal(await c.track(["dc:probe"]), 2, "dc:3 (filling) and dc:probe should be tracked");
+    const ev = nextEvent(c, (e) => e.keys.includes("dc:3"));
+    await server.invalidateKeys(["dc:3"]);
+    await ev;
+    assert.equal(c.completeFill(token, "stale"), false);
+  });
+});
+
 describe("resume", () => {
   test("after a disconnect the client re-tracks, resumes and replays what it missed", async () => {
     const c = await connect({ subscriptions: ["rs:sub:*"] });
