@@ -64,8 +64,18 @@ pub struct AuditConfig {
     pub enqueue_wait_ms: u64,
     /// Idempotency: how long a `request_id` is remembered (seconds).
     pub idempotency_window_secs: u64,
-    /// Idempotency: most `request_id`s remembered in memory (older ones come from the store).
-    pub idempotency_memory_entries: usize,
+    /// Idempotency: bytes of recent responses kept to answer duplicates without the store.
+    pub idempotency_memory_bytes: usize,
+    /// Idempotency: bytes of the filter of every `(token, request_id)` ever accepted, which
+    /// proves a new id new without a store round trip.
+    pub idempotency_filter_bytes: usize,
+    /// `fsync` (default): a 200 means the record is fsynced in the write-ahead log; `os`:
+    /// written to the OS only (survives a process crash, not a power loss).
+    pub durability: crate::audit::wal::Durability,
+    /// Push to WebSocket only once the record is durable ("pushed implies audited").
+    pub push_after_durable: bool,
+    /// Write-ahead log segment size, bytes.
+    pub wal_segment_bytes: u64,
     /// First retry delay after a failed write (ms); doubles up to `retry_max_ms`.
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
@@ -82,7 +92,11 @@ impl Default for AuditConfig {
             flush_ms: 20,
             enqueue_wait_ms: 100,
             idempotency_window_secs: 24 * 3600,
-            idempotency_memory_entries: 1_000_000,
+            idempotency_memory_bytes: 64 << 20,
+            idempotency_filter_bytes: 32 << 20,
+            durability: crate::audit::wal::Durability::Fsync,
+            push_after_durable: false,
+            wal_segment_bytes: 8 << 20,
             retry_initial_ms: 100,
             retry_max_ms: 5_000,
             benchmark_disable_audit: false,

@@ -67,3 +67,21 @@ impl Invalidation {
         crate::time::format_us(self.published_at_us)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A key invalidation at `seq`, for unit tests.
+    pub(crate) fn key_invalidation(seq: u64, keys: &[&str]) -> Invalidation {
+        Invalidation {
+            seq,
+            request_id: format!("req-{seq}"),
+            triggered_by: "test".into(),
+            token_name: None,
+            published_at_us: 1_700_000_000_000_000,
+            node_id: Arc::from("node"),
+            target: Target::Keys(keys.iter().map(|k| k.to_string()).collect()),
+        }
+    }
+}

@@ -7,8 +7,13 @@
 //!    to the hub, which routes it and enqueues it on every matching connection without
 //!    waiting for any of them. Holding the lock across both is what makes every connection
 //!    see events in `seq` order; the critical section is the routing itself (microseconds);
-//! 3. send the audit record (with the measured latency) through the reserved slot;
+//! 3. send the audit record (with the measured latency) through the reserved slot, still
+//!    under the lock so the write-ahead log holds records in `seq` order, then wait (outside
+//!    the lock) until the log has made it durable: only then may the client hear 200;
 //! 4. count it.
+//!
+//! With `audit.push_after_durable` step 2 does not push: the log thread hands the event to
+//! the hub once it is durable, in log (= `seq`) order.
 //!
 //! Cluster mode replaces step 2: the event is published to JetStream and its stream sequence
 //! is the `seq`; the node's consumer task (not the request) hands it to the hub, in stream
@@ -105,7 +110,7 @@ impl Publisher {
                 return self.publish_cluster(cluster, draft, permit).await;
             }
         };
-        let inv = {
+        let (inv, latency_us, durable) = {
             let mut order = order.lock();
             let seq = order.allocate().map_err(|e| {
                 tracing::error!(error = %e, "cannot persist the seq high-water mark");
@@ -118,17 +123,37 @@ impl Publisher {
                 draft.token_name,
                 draft.target,
             ));
-            self.hub.publish(inv.clone());
-            inv
+            // Sent to the log under the lock too, so log order is seq order.
+            match permit {
+                Some(permit) if self.audit.push_after_durable() => {
+                    let latency_us = draft.received.elapsed().as_micros() as u64;
+                    let record = AuditRecord {
+                        inv: inv.clone(),
+                        latency_us,
+                        body_hash: draft.body_hash,
+                    };
+                    let durable = permit.send_and_push(record, inv.clone());
+                    (inv, None, Some(durable))
+                }
+                permit => {
+                    self.hub.publish(inv.clone());
+                    let latency_us = draft.received.elapsed().as_micros() as u64;
+                    let durable = permit.map(|p| {
+                        p.send(AuditRecord {
+                            inv: inv.clone(),
+                            latency_us,
+                            body_hash: draft.body_hash,
+                        })
+                    });
+                    (inv, Some(latency_us), durable)
+                }
+            }
         };
-        let latency_us = draft.received.elapsed().as_micros() as u64;
-        if let Some(permit) = permit {
-            permit.send(AuditRecord {
-                inv: inv.clone(),
-                latency_us,
-                body_hash: draft.body_hash,
-            });
+        // SPEC "Durability": the 200 waits until the record is in the fsynced log.
+        if let Some(durable) = durable {
+            durable.wait().await?;
         }
+        let latency_us = latency_us.unwrap_or_else(|| draft.received.elapsed().as_micros() as u64);
         self.metrics.record_accepted(&inv, latency_us);
         Ok(Published::Fresh(inv))
     }

@@ -1,6 +1,6 @@
 //! Start-up, the accept loop and graceful shutdown.
 //!
-//! Start-up order: config → audit pipeline (replays the spool; an unreachable database does
+//! Start-up order: config → audit pipeline (opens the write-ahead log; an unreachable database does
 //! not stop us) → seq allocator (continues above everything already used) → hub → listener.
 //! Shutdown (SIGTERM/SIGINT or the `shutdown` future): stop accepting, let in-flight HTTP
 //! requests finish, close WebSockets, then drain the audit pipeline; exit 0.
@@ -120,6 +120,12 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
             config.ws.history_events,
         );
     }
+    {
+        let hub = hub.clone();
+        audit.set_pusher(Arc::new(move |inv| {
+            hub.publish(inv);
+        }));
+    }
     spawn_maintenance(&hub);
     let metrics = Arc::new(Metrics::new());
     let publisher = Publisher::new(
@@ -133,8 +139,10 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     );
     let idempotency = Idempotency::new(
         Duration::from_secs(config.audit.idempotency_window_secs),
-        config.audit.idempotency_memory_entries,
+        config.audit.idempotency_memory_bytes,
+        config.audit.idempotency_filter_bytes,
     );
+    spawn_filter_load(audit.clone(), idempotency.clone());
     Ok(Arc::new(App {
         config,
         auth,
@@ -146,6 +154,42 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         metrics,
         cluster,
     }))
+}
+
+/// Fill the idempotency filter with every id of the store, once the store has caught up with
+/// the write-ahead log's start-up backlog (so replayed ids are in it too). Until it is
+/// complete, requests with an id are checked against the store (correct, only slower);
+/// retried with backoff while the store is down.
+fn spawn_filter_load(audit: Arc<AuditPipeline>, idempotency: Arc<Idempotency>) {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            if audit.caught_up(Duration::from_secs(30)).await
+                && let Some(store) = audit.store()
+            {
+                let started = std::time::Instant::now();
+                match store
+                    .each_request_id(|scope, id| idempotency.note_taken(scope, id))
+                    .await
+                {
+                    Ok(n) => {
+                        idempotency.mark_filter_complete();
+                        tracing::info!(
+                            ids = n,
+                            ms = started.elapsed().as_millis() as u64,
+                            "idempotency filter loaded"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load the idempotency filter; retrying")
+                    }
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    });
 }
 
 /// Once a second, off the async workers: fold new glob/regex subscriptions into the DFA set

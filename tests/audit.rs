@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use invalidator::audit::record::AuditRow;
-use invalidator::audit::spool::Spool;
+use invalidator::audit::wal::encode_frame;
 use invalidator::audit::{AuditPipeline, AuditRecord};
 use invalidator::config::{AuditConfig, Config};
 use invalidator::event::{Invalidation, Target};
@@ -87,11 +87,39 @@ fn workload(range: std::ops::RangeInclusive<u64>) -> Vec<AuditRecord> {
         .collect()
 }
 
+/// Send every record, then wait until all are durable in the write-ahead log (as a request
+/// does before it answers 200).
 async fn send_all(audit: &AuditPipeline, records: Vec<AuditRecord>) {
+    let mut durable = Vec::with_capacity(records.len());
     for r in records {
         let permit = audit.reserve().await.expect("reserve");
-        permit.send(r);
+        durable.push(permit.send(r));
     }
+    for d in durable {
+        d.wait().await.expect("durable");
+    }
+}
+
+/// Write `rows` as one write-ahead log segment `id` under `dir` (as a crashed process left it).
+fn write_wal_segment(dir: &Path, id: u64, rows: &[AuditRow], cut_tail: usize) {
+    let wal = dir.join("wal");
+    std::fs::create_dir_all(&wal).expect("wal dir");
+    let mut buf = Vec::new();
+    for row in rows {
+        encode_frame(&mut buf, &serde_json::to_vec(row).expect("encode"));
+    }
+    buf.truncate(buf.len() - cut_tail);
+    std::fs::write(wal.join(format!("seg-{id:020}.wal")), buf).expect("write segment");
+}
+
+fn wal_segments(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("wal"))
+        .expect("wal dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+        })
+        .count()
 }
 
 /// A temp directory removed when the test ends.
@@ -352,7 +380,7 @@ async fn rows_match_records(audit: &AuditPipeline) {
     assert!(logs[0]["id"].as_i64() > logs[1]["id"].as_i64());
 
     let found = audit
-        .find_request("req-2")
+        .find_request("", "req-2")
         .await
         .expect("find")
         .expect("stored");
@@ -363,7 +391,21 @@ async fn rows_match_records(audit: &AuditPipeline) {
     assert_eq!(found.pattern_type, Some(PatternType::Glob));
     assert_eq!(found.keys, vec!["user:1:profile".to_string()]);
     assert_eq!(found.matched_count, 6);
-    assert!(audit.find_request("nope").await.expect("find").is_none());
+    assert!(
+        audit
+            .find_request("", "nope")
+            .await
+            .expect("find")
+            .is_none()
+    );
+    // Another token's scope never sees this id.
+    assert!(
+        audit
+            .find_request("other-tenant", "req-2")
+            .await
+            .expect("find")
+            .is_none()
+    );
     assert_eq!(audit.max_seq().await.expect("max_seq"), 3);
 }
 
@@ -751,10 +793,11 @@ async fn pg_outage_mid_run_loses_and_duplicates_nothing() {
     .await
     .expect("order");
     assert_eq!(out_of_order, 0);
-    let spool_files = std::fs::read_dir(dir.join("spool"))
-        .expect("spool dir")
-        .count();
-    assert_eq!(spool_files, 0, "replayed segments are deleted");
+    assert_eq!(
+        wal_segments(&dir),
+        1,
+        "segments behind the checkpoint are deleted"
+    );
     drop(proxy);
     db.drop_db().await;
 }
@@ -779,14 +822,8 @@ async fn pg_unreachable_at_start_then_appears() {
         audit.stats().spooled == 500
     })
     .await;
-    // Found in the spool while the store is away.
-    let found = audit
-        .find_request("req-7")
-        .await
-        .expect("find")
-        .expect("in spool");
-    assert_eq!(found.seq, 7);
-    assert_eq!(audit.max_seq().await.expect("max"), 500);
+    // While the store is away an id cannot be proven new or old: an error (503 upstream).
+    assert!(audit.find_request("", "req-7").await.is_err());
     assert!(audit.query_logs("").await.is_err(), "no store yet: 503");
     // The schema does not exist yet; it appears with the database.
     let mut c = db.conn().await;
@@ -797,6 +834,12 @@ async fn pg_unreachable_at_start_then_appears() {
     })
     .await;
     assert_eq!(audit.query_logs("").await.expect("q")["total_count"], 500);
+    let found = audit
+        .find_request("orders-service", "req-7")
+        .await
+        .expect("find")
+        .expect("stored");
+    assert_eq!(found.seq, 7);
     audit.shutdown().await;
     assert_eq!(pg_request_ids(&db).await, expected_ids(1..=500));
     drop(proxy);
@@ -817,24 +860,20 @@ async fn pg_spool_replayed_after_restart_exactly_once() {
     .await;
     proxy.cut();
     send_all(&audit, workload(301..=1000)).await;
-    audit.shutdown().await; // store down: the rest goes to the fsynced spool
+    audit.shutdown().await; // store down: the rest stays in the write-ahead log
     assert_eq!(audit.stats().spooled, 700);
     assert_eq!(pg_count(&db).await, 300);
     drop(audit);
 
-    // Also put already-stored rows into the spool: a replay must not duplicate them.
-    {
-        let mut spool = Spool::open(&dir.join("spool")).expect("spool");
-        let again: Vec<AuditRow> = workload(250..=300)
-            .iter()
-            .map(AuditRow::from_record)
-            .collect();
-        spool.append(&again).expect("append");
-    }
+    // Also put already-stored rows into the log: a replay must not duplicate them.
+    let again: Vec<AuditRow> = workload(250..=300)
+        .iter()
+        .map(AuditRow::from_record)
+        .collect();
+    write_wal_segment(&dir, 1_000_000, &again, 0);
     proxy.restore();
     let audit = AuditPipeline::start(&cfg).await.expect("restart");
-    assert_eq!(audit.max_seq().await.expect("max"), 1000);
-    wait_until("spool replayed", Duration::from_secs(30), async || {
+    wait_until("log replayed", Duration::from_secs(30), async || {
         audit.stats().spooled == 0
     })
     .await;
@@ -846,31 +885,15 @@ async fn pg_spool_replayed_after_restart_exactly_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn torn_spool_is_replayed_up_to_the_tear() {
+async fn torn_wal_is_replayed_up_to_the_tear() {
     let dir = temp_dir("torn");
-    {
-        let mut spool = Spool::open(&dir.join("spool")).expect("spool");
-        let rows: Vec<AuditRow> = workload(1..=20).iter().map(AuditRow::from_record).collect();
-        spool.append(&rows).expect("append");
-    }
-    let seg = std::fs::read_dir(dir.join("spool"))
-        .expect("dir")
-        .next()
-        .expect("segment")
-        .expect("entry")
-        .path();
-    let len = std::fs::metadata(&seg).expect("meta").len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&seg)
-        .expect("open")
-        .set_len(len - 3)
-        .expect("truncate");
+    let rows: Vec<AuditRow> = workload(1..=20).iter().map(AuditRow::from_record).collect();
+    write_wal_segment(&dir, 1, &rows, 3);
 
     let audit = AuditPipeline::start(&config(&dir, None))
         .await
         .expect("start");
-    assert_eq!(audit.stats().spool_torn_frames, 1);
+    assert_eq!(audit.stats().wal_torn_frames, 1);
     wait_until("replayed", Duration::from_secs(10), async || {
         audit.stats().spooled == 0
     })
@@ -914,19 +937,40 @@ async fn full_channel_is_503_and_shutdown_refuses() {
 
 /// `n` key invalidations from `tasks` concurrent connections; returns (request_id, seq).
 async fn post_many(addr: SocketAddr, n: usize, tasks: usize) -> Vec<(String, u64)> {
+    post_many_with(addr, n, tasks, true).await
+}
+
+/// As [`post_many`]; `with_ids` false lets the server generate every `request_id`.
+async fn post_many_with(
+    addr: SocketAddr,
+    n: usize,
+    tasks: usize,
+    with_ids: bool,
+) -> Vec<(String, u64)> {
     let per = n / tasks;
     let mut handles = Vec::new();
     for t in 0..tasks {
         handles.push(tokio::spawn(async move {
-            let mut c = invalidator::http::client::HttpClient::connect(&addr.to_string()).await.expect("connect");
+            let mut c = invalidator::http::client::HttpClient::connect(&addr.to_string())
+                .await
+                .expect("connect");
             let mut out = Vec::with_capacity(per);
             for i in 0..per {
-                let body = json!({"keys": [format!("user:{t}:{i}")], "triggered_by": format!("task-{t}"),
-                                  "request_id": format!("bulk-{t}-{i}")});
-                let r = c.post_json("/invalidate/key", body.to_string(), None).await.expect("post");
+                let mut body =
+                    json!({"keys": [format!("user:{t}:{i}")], "triggered_by": format!("task-{t}")});
+                if with_ids {
+                    body["request_id"] = json!(format!("bulk-{t}-{i}"));
+                }
+                let r = c
+                    .post_json("/invalidate/key", body.to_string(), None)
+                    .await
+                    .expect("post");
                 assert_eq!(r.status, 200, "{}", r.json());
                 let v = r.json();
-                out.push((v["request_id"].as_str().expect("rid").to_string(), v["seq"].as_u64().expect("seq")));
+                out.push((
+                    v["request_id"].as_str().expect("rid").to_string(),
+                    v["seq"].as_u64().expect("seq"),
+                ));
             }
             out
         }));
@@ -1105,7 +1149,20 @@ async fn server_accepts_while_database_is_down_then_catches_up() {
         .await;
     let (st, _) = server.get("/readyz", None).await;
     assert_eq!(st, 503, "store unreachable: not ready");
-    let posted = post_many(server.addr, 200, 4).await;
+    // An id the node cannot prove new (the store may hold it) is refused, not accepted twice.
+    let (st, v) = server
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["k"], "triggered_by": "t", "request_id": "maybe-old"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["code"].clone()),
+        (503, json!("unavailable"))
+    );
+    // Requests without an id are accepted into the write-ahead log.
+    let posted = post_many_with(server.addr, 200, 4, false).await;
     assert_eq!(posted.len(), 200);
     proxy.restore();
     let mut ready = false;

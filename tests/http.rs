@@ -340,7 +340,7 @@ async fn health_and_metrics() {
     assert_eq!(st, 200);
     assert!(text.contains("invalidator_invalidations_total 4"), "{text}");
     assert!(text.contains("invalidator_invalidations_by_type_total{type=\"prefix\"} 1"));
-    assert!(text.contains("invalidator_latency_us_count 4"));
+    assert!(text.contains("invalidator_publish_latency_seconds_count 4"));
 }
 
 #[tokio::test]

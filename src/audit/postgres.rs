@@ -2,13 +2,13 @@
 //!
 //! Write paths (one transaction each, so a batch is in entirely or not at all):
 //! - **Fast path** ([`WriteMode::Fresh`]): `COPY invalidation_audit (...) FROM STDIN (FORMAT
-//!   binary)`, one buffer per batch. Safe without `ON CONFLICT`: the UNIQUE `request_id`
+//!   binary)`, one buffer per batch. Safe without `ON CONFLICT`: the UNIQUE `(scope, request_id)`
 //!   makes a COPY containing an already-stored request fail as a whole (SQLSTATE 23505) and
 //!   insert nothing, and the writer then retries the same batch on the replay path. So a
 //!   duplicate can cost a retry, never a second row.
 //! - **Replay path** ([`WriteMode::Replay`], used for retries, spool replays and the fallback
 //!   above): COPY into a per-connection temp table, then `INSERT ... SELECT ... ON CONFLICT
-//!   (request_id) DO NOTHING`, so a batch that may be partly in lands exactly once.
+//!   (scope, request_id) DO NOTHING`, so a batch that may be partly in lands exactly once.
 //!
 //! Binary COPY format (PostgreSQL's `COPY ... (FORMAT binary)`): header `PGCOPY\n\xff\r\n\0`, flags i32 0, extension i32 0;
 //! per row i16 column count, then per column i32 length (-1 = NULL) and the bytes; trailer
@@ -39,8 +39,8 @@ use super::record::AuditRow;
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 const COLUMNS: &str = "seq, request_id, triggered_by, token_name, \"timestamp\", node_id, kind, \
-                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash";
-const NCOLS: i16 = 14;
+                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash, scope";
+const NCOLS: i16 = 15;
 
 /// How a batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +131,7 @@ impl PgStore {
                  ord BIGSERIAL, seq BIGINT, request_id TEXT, triggered_by TEXT, token_name TEXT,
                  \"timestamp\" TIMESTAMPTZ, node_id TEXT, kind TEXT, pattern TEXT,
                  pattern_type TEXT, keys JSONB, matched_count BIGINT, latency_us BIGINT,
-                 latency_ms BIGINT, body_hash TEXT
+                 latency_ms BIGINT, body_hash TEXT, scope TEXT
              ) ON COMMIT DELETE ROWS",
         )
         .execute(&mut *tx)
@@ -142,7 +142,7 @@ impl PgStore {
         copy.finish().await?;
         let insert = format!(
             "INSERT INTO invalidation_audit ({COLUMNS}) SELECT {COLUMNS} \
-             FROM invalidation_audit_stage ORDER BY ord ON CONFLICT (request_id) DO NOTHING"
+             FROM invalidation_audit_stage ORDER BY ord ON CONFLICT (scope, request_id) DO NOTHING"
         );
         sqlx::query(AssertSqlSafe(insert)).execute(&mut *tx).await?;
         tx.commit().await
@@ -155,16 +155,33 @@ impl PgStore {
             .map_err(store_err)
     }
 
+    /// Every `(scope, request_id)` in the store, in batches (to fill the idempotency filter).
+    pub async fn each_request_id(&self, mut f: impl FnMut(&str, &str)) -> Result<u64, AuditError> {
+        use futures_util::TryStreamExt;
+        let mut rows =
+            sqlx::query("SELECT scope, request_id FROM invalidation_audit").fetch(&self.pool);
+        let mut n = 0u64;
+        while let Some(row) = rows.try_next().await.map_err(store_err)? {
+            let scope: &str = row.try_get(0).map_err(store_err)?;
+            let id: &str = row.try_get(1).map_err(store_err)?;
+            f(scope, id);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub async fn find_request(
         &self,
+        scope: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, AuditError> {
         let row = sqlx::query(
             "SELECT request_id, body_hash, seq, \
                     (EXTRACT(EPOCH FROM \"timestamp\") * 1000000)::int8 AS ts_us, \
                     pattern, pattern_type, keys::text AS keys, matched_count \
-             FROM invalidation_audit WHERE request_id = $1",
+             FROM invalidation_audit WHERE scope = $1 AND request_id = $2",
         )
+        .bind(scope.to_owned())
         .bind(request_id.to_owned())
         .fetch_optional(&self.pool)
         .await
@@ -382,6 +399,7 @@ pub fn encode_copy(rows: &[AuditRow]) -> Vec<u8> {
         put_i64(&mut buf, row.latency_us);
         put_i64(&mut buf, row.latency_ms());
         put_text(&mut buf, &row.body_hash);
+        put_text(&mut buf, &row.scope);
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
     buf

@@ -38,6 +38,9 @@ impl Kind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRow {
     pub seq: i64,
+    /// Idempotency scope: the token's name, empty in open mode.
+    #[serde(default)]
+    pub scope: String,
     pub request_id: String,
     pub triggered_by: String,
     pub token_name: Option<String>,
@@ -82,6 +85,7 @@ impl AuditRow {
         };
         AuditRow {
             seq: to_i64(inv.seq),
+            scope: inv.token_name.as_deref().map(clean).unwrap_or_default(),
             request_id: clean(&inv.request_id),
             triggered_by: clean(&inv.triggered_by),
             token_name: inv.token_name.as_deref().map(clean),
@@ -137,6 +141,7 @@ mod tests {
     fn row_round_trips_through_json() {
         let row = AuditRow {
             seq: 7,
+            scope: "tenant".into(),
             request_id: "r".into(),
             triggered_by: "t".into(),
             token_name: None,

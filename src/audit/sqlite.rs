@@ -1,7 +1,7 @@
 //! Embedded SQLite store (the default): `<data_dir>/audit.sqlite3`, WAL mode.
 //!
-//! A batch is one transaction of multi-row `INSERT ... ON CONFLICT (request_id) DO NOTHING`
-//! statements of [`ROWS_PER_STATEMENT`] rows (14 binds each, well under SQLite's 32,766
+//! A batch is one transaction of multi-row `INSERT ... ON CONFLICT (scope, request_id) DO NOTHING`
+//! statements of [`ROWS_PER_STATEMENT`] rows (15 binds each, well under SQLite's 32,766
 //! variable limit), so every write is already idempotent and replays need no special path.
 //! Measured on this machine kind: 100k rows in one such transaction take ~165 ms.
 //!
@@ -25,7 +25,7 @@ use super::record::AuditRow;
 
 pub const ROWS_PER_STATEMENT: usize = 500;
 const COLUMNS: &str = "seq, request_id, triggered_by, token_name, \"timestamp\", node_id, kind, \
-                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash";
+                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash, scope";
 
 /// A connected, migrated SQLite audit store.
 #[derive(Clone)]
@@ -46,9 +46,10 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL: a commit survives a process crash; only an OS crash may lose the
-            // last transactions (the same trade PostgreSQL's default makes is not available).
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is on disk when it returns. The store writer advances the
+            // write-ahead log's checkpoint after each commit, so a commit that a power loss
+            // could undo would lose records the log no longer replays.
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -81,10 +82,10 @@ impl SqliteStore {
         }
         let mut tx = self.pool.begin().await.map_err(store_err)?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
+            let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
             let sql = format!(
                 "INSERT INTO invalidation_audit ({COLUMNS}) VALUES {placeholders} \
-                 ON CONFLICT (request_id) DO NOTHING"
+                 ON CONFLICT (scope, request_id) DO NOTHING"
             );
             let mut query = sqlx::query(AssertSqlSafe(sql));
             for row in chunk {
@@ -102,7 +103,8 @@ impl SqliteStore {
                     .bind(row.matched_count)
                     .bind(row.latency_us)
                     .bind(row.latency_ms())
-                    .bind(row.body_hash.clone());
+                    .bind(row.body_hash.clone())
+                    .bind(row.scope.clone());
             }
             query.execute(&mut *tx).await.map_err(store_err)?;
         }
@@ -116,15 +118,32 @@ impl SqliteStore {
             .map_err(store_err)
     }
 
+    /// Every `(scope, request_id)` in the store (to fill the idempotency filter).
+    pub async fn each_request_id(&self, mut f: impl FnMut(&str, &str)) -> Result<u64, AuditError> {
+        use futures_util::TryStreamExt;
+        let mut rows =
+            sqlx::query("SELECT scope, request_id FROM invalidation_audit").fetch(&self.pool);
+        let mut n = 0u64;
+        while let Some(row) = rows.try_next().await.map_err(store_err)? {
+            let scope: &str = row.try_get(0).map_err(store_err)?;
+            let id: &str = row.try_get(1).map_err(store_err)?;
+            f(scope, id);
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub async fn find_request(
         &self,
+        scope: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, AuditError> {
         let row = sqlx::query(
             "SELECT request_id, body_hash, seq, \"timestamp\" AS ts_us, pattern, pattern_type, \
                     keys, matched_count \
-             FROM invalidation_audit WHERE request_id = ?",
+             FROM invalidation_audit WHERE scope = ? AND request_id = ?",
         )
+        .bind(scope.to_owned())
         .bind(request_id.to_owned())
         .fetch_optional(&self.pool)
         .await

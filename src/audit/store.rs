@@ -76,11 +76,20 @@ impl Store {
 
     pub async fn find_request(
         &self,
+        scope: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, AuditError> {
         match self {
-            Store::Postgres(s) => s.find_request(request_id).await,
-            Store::Sqlite(s) => s.find_request(request_id).await,
+            Store::Postgres(s) => s.find_request(scope, request_id).await,
+            Store::Sqlite(s) => s.find_request(scope, request_id).await,
+        }
+    }
+
+    /// Call `f(scope, request_id)` for every row; returns the count.
+    pub async fn each_request_id(&self, f: impl FnMut(&str, &str)) -> Result<u64, AuditError> {
+        match self {
+            Store::Postgres(s) => s.each_request_id(f).await,
+            Store::Sqlite(s) => s.each_request_id(f).await,
         }
     }
 

@@ -71,12 +71,13 @@ fn response_of_stored(s: &StoredRequest) -> Value {
     )
 }
 
-/// `inv-<unix_ms>-<random>`.
+/// `inv-<unix_ms>-<16 hex digits>`: 64 random bits, so collisions stay out of reach at any
+/// rate (a birthday collision needs ~4 billion ids within one millisecond).
 fn generate_request_id() -> String {
     format!(
-        "inv-{}-{}",
+        "inv-{}-{:016x}",
         crate::time::now_us() / 1000,
-        fastrand::u32(..1_000_000_000)
+        fastrand::u64(..)
     )
 }
 
@@ -98,9 +99,18 @@ fn replay(app: &App, settled: &Settled, fingerprint: &str) -> Result<Value, ApiE
     Ok(v)
 }
 
-/// Run `publish` at most once per `request_id` (SPEC "Idempotency").
+/// Bytes the idempotency memory charges for remembering `inv`'s response.
+fn response_bytes(inv: &Invalidation) -> usize {
+    inv.keys().iter().map(|k| k.len() + 3).sum::<usize>()
+        + inv.pattern().map_or(0, |p| p.source().len())
+        + inv.request_id.len()
+        + 160
+}
+
+/// Run `publish` at most once per `(token, request_id)` (SPEC "Idempotency").
 async fn idempotent<F, Fut>(
     app: &App,
+    who: &Principal,
     request_id: Option<String>,
     fingerprint: String,
     publish: F,
@@ -115,34 +125,40 @@ where
             Published::Duplicate { inv, .. } => Ok(response_of(&inv)),
         };
     };
-    let guard = match app.idempotency.claim(&id).await {
+    let scope = who.name.as_deref().unwrap_or("");
+    let guard = match app.idempotency.claim(scope, &id).await {
         Claim::Settled(s) => return replay(app, &s, &fingerprint),
         Claim::Fresh(guard) => guard,
+        Claim::Unknown(guard) => match app.audit.find_request(scope, &id).await {
+            Ok(Some(stored)) => {
+                let settled = Settled {
+                    fingerprint: stored.body_hash.clone(),
+                    response: Arc::new(response_of_stored(&stored)),
+                };
+                let bytes = stored.keys.iter().map(|k| k.len() + 3).sum::<usize>() + 160;
+                guard.complete(settled.clone(), bytes);
+                return replay(app, &settled, &fingerprint);
+            }
+            Ok(None) => guard,
+            Err(e) => {
+                tracing::warn!(request_id = %id, error = %e, "idempotency lookup failed");
+                return Err(ApiError::unavailable(
+                    "cannot check request_id against the audit store; retry shortly",
+                ));
+            }
+        },
     };
-    match app.audit.find_request(&id).await {
-        Ok(Some(stored)) => {
-            let settled = Settled {
-                fingerprint: stored.body_hash.clone(),
-                response: Arc::new(response_of_stored(&stored)),
-            };
-            guard.complete(settled.clone());
-            return replay(app, &settled, &fingerprint);
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(request_id = %id, error = %e, "idempotency lookup failed");
-            return Err(ApiError::unavailable(
-                "cannot check request_id against the audit store",
-            ));
-        }
-    }
     match publish(id).await? {
         Published::Fresh(inv) => {
             let resp = response_of(&inv);
-            guard.complete(Settled {
-                fingerprint,
-                response: Arc::new(resp.clone()),
-            });
+            let bytes = response_bytes(&inv);
+            guard.complete(
+                Settled {
+                    fingerprint,
+                    response: Arc::new(resp.clone()),
+                },
+                bytes,
+            );
             Ok(resp)
         }
         Published::Duplicate {
@@ -153,7 +169,7 @@ where
                 fingerprint: original,
                 response: Arc::new(response_of(&inv)),
             };
-            guard.complete(settled.clone());
+            guard.complete(settled.clone(), response_bytes(&inv));
             replay(app, &settled, &fingerprint)
         }
     }
@@ -180,6 +196,7 @@ pub async fn keys(
         .unwrap_or_default();
     idempotent(
         app,
+        who,
         req.request_id,
         fingerprint.clone(),
         |request_id| async move {
@@ -233,6 +250,7 @@ pub async fn pattern(
     let cap = app.config.limits.max_matched_keys;
     idempotent(
         app,
+        who,
         req.request_id,
         fingerprint.clone(),
         |request_id| async move {

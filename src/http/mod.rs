@@ -220,6 +220,9 @@ fn snapshot<T>(app: &App, f: impl FnOnce(&Snapshot<'_>) -> T) -> T {
         hub: app.hub.stats(),
         patterns: app.patterns.stats(),
         audit: app.audit.stats(),
+        idempotency: app.idempotency.stats(),
+        audit_write_latency: app.audit.write_latency(),
+        wal_fsync_latency: app.audit.wal_fsync_latency(),
     };
     f(&s)
 }

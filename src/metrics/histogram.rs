@@ -45,6 +45,14 @@ impl LatencyHistogram {
         self.inner.lock().saturating_record(us.max(1));
     }
 
+    /// Cumulative counts of samples ≤ each bound (µs, ascending), the total count and the sum
+    /// of all samples (µs): what a Prometheus histogram exposes.
+    pub fn cumulative(&self, bounds_us: &[u64]) -> (Vec<u64>, u64, f64) {
+        let h = self.inner.lock();
+        let counts = bounds_us.iter().map(|&b| h.count_between(0, b)).collect();
+        (counts, h.len(), h.mean() * h.len() as f64)
+    }
+
     pub fn summary(&self) -> LatencySummary {
         let h = self.inner.lock();
         if h.is_empty() {

@@ -7,9 +7,10 @@ use serde_json::{Value, json};
 use crate::audit::AuditStats;
 use crate::error::ErrorCode;
 use crate::fanout::HubStats;
+use crate::idempotency::IdempotencyStats;
 use crate::pattern::{CacheStats, PatternType};
 
-use super::{LatencySummary, Metrics};
+use super::{LatencyHistogram, Metrics};
 
 /// Everything one metrics read reports.
 pub struct Snapshot<'a> {
@@ -17,6 +18,9 @@ pub struct Snapshot<'a> {
     pub hub: HubStats,
     pub patterns: CacheStats,
     pub audit: AuditStats,
+    pub idempotency: IdempotencyStats,
+    pub audit_write_latency: &'a LatencyHistogram,
+    pub wal_fsync_latency: &'a LatencyHistogram,
 }
 
 impl Snapshot<'_> {
@@ -68,23 +72,29 @@ impl Snapshot<'_> {
             "index": {"subscriptions": h.subscriptions, "tracked_keys": h.tracked_keys},
             "pattern_cache": self.patterns,
             "audit": self.audit,
+            "idempotency": self.idempotency,
         })
     }
 }
 
-fn summary(out: &mut String, name: &str, help: &str, s: &LatencySummary) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} summary");
-    for (q, v) in [
-        ("0.5", s.p50),
-        ("0.9", s.p90),
-        ("0.99", s.p99),
-        ("0.999", s.p999),
-        ("1", s.max),
-    ] {
-        let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {v}");
+/// Histogram bucket bounds, µs: 25 µs to 10 s, roughly 1-2.5-5 per decade.
+const BUCKETS_US: [u64; 18] = [
+    25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A Prometheus histogram in seconds (base units) from a µs HDR histogram, so latencies can
+/// be aggregated over a cluster's nodes with `histogram_quantile`.
+fn histogram(out: &mut String, name: &str, help: &str, h: &LatencyHistogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let (counts, total, sum_us) = h.cumulative(&BUCKETS_US);
+    for (bound, count) in BUCKETS_US.iter().zip(counts) {
+        let le = *bound as f64 / 1e6;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
     }
-    let _ = writeln!(out, "{name}_sum {}", (s.mean * s.count as f64).round());
-    let _ = writeln!(out, "{name}_count {}", s.count);
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(out, "{name}_sum {}", sum_us / 1e6);
+    let _ = writeln!(out, "{name}_count {total}");
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
@@ -197,11 +207,11 @@ pub fn prometheus_text(s: &Snapshot<'_>) -> String {
         "Most invalidated key prefixes (top 10).",
         &top_k,
     );
-    summary(
+    histogram(
         &mut out,
-        "invalidator_latency_us",
-        "Request receipt to event queued on every matching connection, microseconds.",
-        &s.metrics.latency.summary(),
+        "invalidator_publish_latency_seconds",
+        "Request receipt to event queued on every matching connection, seconds.",
+        &s.metrics.latency,
     );
     let h = &s.hub;
     metric(
@@ -292,9 +302,9 @@ pub fn prometheus_text(s: &Snapshot<'_>) -> String {
     );
     metric(
         &mut out,
-        "invalidator_audit_spooled",
+        "invalidator_audit_pending",
         "gauge",
-        "Audit records waiting in the spool.",
+        "Audit records durable in the write-ahead log, not yet in the store.",
         &one(a.spooled),
     );
     metric(
@@ -304,11 +314,17 @@ pub fn prometheus_text(s: &Snapshot<'_>) -> String {
         "Audit batches that failed to write.",
         &one(a.failed_batches),
     );
-    summary(
+    histogram(
         &mut out,
-        "invalidator_audit_write_latency_us",
-        "Audit batch write latency, microseconds.",
-        &a.write_latency_us,
+        "invalidator_audit_write_latency_seconds",
+        "Audit batch write latency into the store, seconds.",
+        s.audit_write_latency,
+    );
+    histogram(
+        &mut out,
+        "invalidator_wal_fsync_latency_seconds",
+        "Write-ahead log group commit (write + fdatasync), seconds.",
+        s.wal_fsync_latency,
     );
     out
 }
