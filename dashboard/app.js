@@ -648,8 +648,12 @@
   }
 
   function renderCards(m) {
+    const ready = get(m, 'audit.store_ready');
+    const durability = get(m, 'audit.durability');
     setCard('metric-uptime', fmtDuration(m.uptime_seconds),
-      m.audit && typeof m.audit.store_ready === 'boolean' ? (m.audit.store_ready ? 'audit store ready' : 'audit store NOT ready') : '');
+      [typeof ready === 'boolean' ? (ready ? 'store ready' : 'store NOT ready') : '',
+        typeof durability === 'string' ? durability : ''].filter(Boolean).join(' · '),
+      typeof durability === 'string' ? `audit durability: ${durability}${get(m, 'audit.push_after_durable') === true ? ', push after durable' : ''}` : '');
     $('metric-uptime').classList.toggle('bad', get(m, 'audit.store_ready') === false);
 
     const c = isObj(m.connections) ? m.connections : {};
@@ -671,8 +675,9 @@
     setCard('metric-events', fmtCompact(ev.delivered), `${fmtInt(ev.dropped)} dropped`);
 
     const a = isObj(m.audit) ? m.audit : {};
-    // "pending": records accepted but not yet in the store (channel + spool), unless the server reports it.
-    const pending = num(a.pending) ?? ((num(a.queued) ?? 0) + (num(a.spooled) ?? 0));
+    // "pending": records durable in the write-ahead log (the spool) but not yet in the store, as the
+    // Prometheus gauge invalidator_audit_pending; "queued": still in the writer's channel.
+    const pending = num(a.pending) ?? num(a.spooled) ?? 0;
     setCard('metric-audit', fmtCompact(a.written),
       `queued ${fmtInt(a.queued)} · pending ${fmtInt(pending)}` + (num(a.failed_batches) ? ` · ${fmtInt(a.failed_batches)} failed batches` : ''),
       `written ${fmtInt(a.written)}, queued ${fmtInt(a.queued)}, spooled ${fmtInt(a.spooled)}, pending ${fmtInt(pending)}`);
