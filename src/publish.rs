@@ -100,15 +100,14 @@ impl Publisher {
 
     /// Audit-reserve, sequence, fan out, audit-send, count.
     pub async fn publish(&self, draft: Draft) -> Result<Published, ApiError> {
+        let order = match &self.sequencer {
+            Sequencer::Local(order) => order,
+            // The JetStream publish ack is the durable point; rows come from the stream.
+            Sequencer::Cluster(cluster) => return self.publish_cluster(cluster, draft).await,
+        };
         let permit = match self.audit_disabled {
             true => None,
             false => Some(self.audit.reserve().await?),
-        };
-        let order = match &self.sequencer {
-            Sequencer::Local(order) => order,
-            Sequencer::Cluster(cluster) => {
-                return self.publish_cluster(cluster, draft, permit).await;
-            }
         };
         let (inv, latency_us, durable) = {
             let mut order = order.lock();
@@ -182,7 +181,6 @@ impl Publisher {
         &self,
         cluster: &Cluster,
         draft: Draft,
-        permit: Option<crate::audit::AuditPermit<'_>>,
     ) -> Result<Published, ApiError> {
         let mut inv = self.stamp(
             0,
@@ -191,8 +189,9 @@ impl Publisher {
             draft.token_name,
             draft.target,
         );
+        let latency_us = draft.received.elapsed().as_micros() as u64;
         let (seq, duplicate) = cluster
-            .publish(&WireEvent::of(&inv, &draft.body_hash))
+            .publish(&WireEvent::of(&inv, &draft.body_hash, latency_us))
             .await?;
         if duplicate {
             let original = cluster.fetch(seq).await?;
@@ -205,9 +204,7 @@ impl Publisher {
                 inv: Arc::new(inv),
             });
         }
-        // The audit record is written by this node's stream consumer (see `cluster`); the
-        // permit held so far was the back-pressure check.
-        drop(permit);
+        // The audit row is written from the stream by the shared audit consumer (`cluster`).
         inv.seq = seq;
         let inv = Arc::new(inv);
         self.metrics

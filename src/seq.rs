@@ -61,6 +61,10 @@ impl SeqAllocator {
             f.sync_all()?;
         }
         std::fs::rename(&tmp, &self.path)?;
+        // The rename itself must be durable, or a power loss could bring back the old mark.
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         self.reserved = target;
         Ok(())
     }

@@ -94,12 +94,18 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
     };
     let patterns = Arc::new(PatternCache::new(config.limits.pattern_cache_size, limits));
     let node_id: Arc<str> = Arc::from(config.node_id.as_str());
-    let (sequencer, epoch, start_seq) = match &cluster {
-        Some(c) => (
-            Sequencer::Cluster(c.clone()),
-            c.epoch().to_string(),
-            c.last_seq_at_start(),
-        ),
+    let (sequencer, epoch, start_seq, history_from_zero) = match &cluster {
+        Some(c) => {
+            // The hub starts just before the events the consumer refills, so a `resume` is
+            // answered only from events the ring really holds.
+            let history = config.ws.history_events;
+            (
+                Sequencer::Cluster(c.clone()),
+                c.epoch().to_string(),
+                c.refill_start(history) - 1,
+                c.refill_is_whole_stream(history),
+            )
+        }
         None => {
             let floor = audit.max_seq().await.unwrap_or(0);
             let seq = SeqAllocator::open(&config.data_dir, floor).map_err(data_dir)?;
@@ -108,17 +114,31 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
                 Sequencer::Local(parking_lot::Mutex::new(seq)),
                 new_epoch(),
                 last,
+                true,
             )
         }
     };
-    let hub = Hub::new(&config, epoch, node_id.clone(), patterns.clone(), start_seq);
+    let hub = Hub::new(
+        &config,
+        epoch,
+        node_id.clone(),
+        patterns.clone(),
+        start_seq,
+        history_from_zero,
+    );
+    let idempotency = Idempotency::new(
+        Duration::from_secs(config.audit.idempotency_window_secs),
+        config.audit.idempotency_memory_bytes,
+        config.audit.idempotency_filter_bytes,
+    );
     if let Some(c) = &cluster {
         c.spawn_consumer(
             hub.clone(),
             patterns.clone(),
-            audit.clone(),
-            config.ws.history_events,
+            idempotency.clone(),
+            start_seq + 1,
         );
+        c.spawn_audit(audit.clone(), config.audit.batch_size);
     }
     {
         let hub = hub.clone();
@@ -127,6 +147,7 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         }));
     }
     spawn_maintenance(&hub);
+    spawn_filter_load(audit.clone(), idempotency.clone());
     let metrics = Arc::new(Metrics::new());
     let publisher = Publisher::new(
         sequencer,
@@ -137,12 +158,6 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
         node_id,
         config.audit.benchmark_disable_audit,
     );
-    let idempotency = Idempotency::new(
-        Duration::from_secs(config.audit.idempotency_window_secs),
-        config.audit.idempotency_memory_bytes,
-        config.audit.idempotency_filter_bytes,
-    );
-    spawn_filter_load(audit.clone(), idempotency.clone());
     Ok(Arc::new(App {
         config,
         auth,

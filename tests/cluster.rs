@@ -389,3 +389,264 @@ async fn nats_outage_gives_503_then_recovers_without_loss() {
         );
     }
 }
+
+/// Total rows matching `query` as seen through `s`'s audit API.
+async fn audit_total(s: &TestServer, query: &str) -> u64 {
+    let (_, v) = s
+        .get_json(&format!("/audit/logs?limit=1&{query}"), None)
+        .await;
+    v["total_count"].as_u64().unwrap_or(0)
+}
+
+/// SPEC "Cluster mode": rows are written from the stream by a consumer every node shares, so
+/// a node killed right after acknowledging its requests, and never restarted, loses none.
+#[tokio::test]
+async fn node_killed_after_acking_never_restarted_loses_no_rows() {
+    let db = fresh_database().await;
+    let t = tag();
+    // A short ack wait: batches the dead node held come back quickly.
+    let toml = format!("{}audit_ack_wait_secs = 2\n", cluster_toml(&t, 4222));
+    let mut a = node(&db, &toml, "node-a").await;
+    let b = node(&db, &toml, "node-b").await;
+    let by = format!("burst-{t}");
+    let mut tasks = Vec::new();
+    for w in 0..10 {
+        let url = a.url("");
+        let by = by.clone();
+        tasks.push(tokio::spawn(async move {
+            let addr = url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            let mut c = invalidator::http::client::HttpClient::connect(&addr)
+                .await
+                .expect("connect");
+            let mut ok = 0u64;
+            for i in 0..50 {
+                let body = json!({"keys": [format!("b:{w}:{i}")], "triggered_by": by});
+                let r = c
+                    .post_json("/invalidate/key", body.to_string(), None)
+                    .await
+                    .expect("post");
+                ok += u64::from(r.status == 200);
+            }
+            ok
+        }));
+    }
+    let mut acked = 0;
+    for task in tasks {
+        acked += task.await.expect("task");
+    }
+    a.kill();
+    assert_eq!(acked, 500);
+    let query = format!("triggered_by={by}");
+    let mut rows = 0;
+    for _ in 0..600 {
+        rows = audit_total(&b, &query).await;
+        if rows >= acked {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rows, acked,
+        "every acknowledged invalidation of the dead node has its row"
+    );
+    let (_, v) = b
+        .get_json(&format!("/audit/logs?limit=1&{query}"), None)
+        .await;
+    assert_eq!(
+        v["logs"][0]["node_id"], "node-a",
+        "node_id comes from the message"
+    );
+}
+
+/// What crosses NATS means the same on every node: an escaped `\*` or `\?` is a literal
+/// character on the receiving node too, and reaches clients in the canonical form.
+#[tokio::test]
+async fn escaped_wildcards_mean_the_same_on_every_node() {
+    let db = fresh_database().await;
+    let t = tag();
+    let toml = cluster_toml(&t, 4222);
+    let a = node(&db, &toml, "node-a").await;
+    let b = node(&db, &toml, "node-b").await;
+    let mut ws = Ws::connect_url(&b.ws_url()).await;
+    let r = ws
+        .request(json!({"op": "track", "keys": ["user:*", "what?", "user:x"]}))
+        .await;
+    assert_eq!(r["count"], 3, "{r}");
+    let (st, v) = a
+        .post_json(
+            "/invalidate/pattern",
+            &json!({"pattern": r"user:\*", "triggered_by": "t"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["pattern_type"].clone()),
+        (200, json!("exact")),
+        "{v}"
+    );
+    let ev = ws.event().await;
+    assert_eq!(ev["keys"], json!(["user:*"]), "only the literal key: {ev}");
+    assert_eq!(
+        (ev["pattern"].clone(), ev["pattern_type"].clone()),
+        (json!("user:*"), json!("exact"))
+    );
+    a.post_json(
+        "/invalidate/pattern",
+        &json!({"pattern": r"wh*\?", "triggered_by": "t"}),
+        None,
+    )
+    .await;
+    let ev = ws.event().await;
+    assert_eq!(ev["keys"], json!(["what?"]), "{ev}");
+    assert_eq!(
+        (ev["pattern"].clone(), ev["pattern_type"].clone()),
+        (json!(r"wh*\?"), json!("glob"))
+    );
+    assert!(
+        ws.recv_within(Duration::from_millis(300)).await.is_none(),
+        "user:x untouched"
+    );
+}
+
+/// Publish `payload` on the test's subject directly (not through a node).
+async fn raw_publish(t: &Tag, payload: &'static [u8]) -> u64 {
+    let c = async_nats::connect("127.0.0.1:4222").await.expect("nats");
+    let js = async_nats::jetstream::new(c);
+    let ack = js
+        .publish(format!("test-{t}"), payload.into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    ack.sequence
+}
+
+/// Events a node never delivered (removed from the stream, or undecodable) are a gap: a
+/// resume from before them is a `reset`, never a replay that silently skips them.
+#[tokio::test]
+async fn stream_holes_are_gaps_not_silent_skips() {
+    let db = fresh_database().await;
+    let t = tag();
+    let toml = cluster_toml(&t, 4222);
+    let mut a = node(&db, &toml, "node-a").await;
+    let mut seqs = Vec::new();
+    for k in ["h:1", "h:2", "h:3"] {
+        let (_, v) = a
+            .post_json(
+                "/invalidate/key",
+                &json!({"keys": [k], "triggered_by": "t"}),
+                None,
+            )
+            .await;
+        seqs.push(v["seq"].as_u64().unwrap());
+    }
+    let epoch = Ws::connect_url(&a.ws_url()).await.hello["epoch"].clone();
+    a.kill();
+    // Remove the middle event, and append one no node can decode, then one good event.
+    {
+        let c = async_nats::connect("127.0.0.1:4222").await.expect("nats");
+        let js = async_nats::jetstream::new(c);
+        let stream = js.get_stream(format!("T_{t}")).await.expect("stream");
+        stream.delete_message(seqs[1]).await.expect("delete");
+    }
+    let garbage = raw_publish(&t, b"not an event").await;
+    // A fresh node refills its history from the stream: it meets both holes.
+    let c = node(&db, &toml, "node-c").await;
+    let (st, v) = c
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["h:4"], "triggered_by": "t"}),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let last = v["seq"].as_u64().unwrap();
+    let resume = async |since: u64| {
+        let mut ws = Ws::connect_url(&c.ws_url()).await;
+        ws.subscribe(json!(["h:*"])).await;
+        for _ in 0..100 {
+            if ws.hello["seq"].as_u64() >= Some(last) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            ws = Ws::connect_url(&c.ws_url()).await;
+            ws.subscribe(json!(["h:*"])).await;
+        }
+        ws.request(json!({"op": "resume", "epoch": epoch, "since_seq": since}))
+            .await
+    };
+    let r = resume(seqs[0]).await;
+    assert_eq!(
+        (r["type"].clone(), r["reason"].clone()),
+        (json!("reset"), json!("history_gap")),
+        "{r}"
+    );
+    let r = resume(garbage - 1).await;
+    assert_eq!(
+        (r["type"].clone(), r["reason"].clone()),
+        (json!("reset"), json!("history_gap")),
+        "{r}"
+    );
+    // After the last hole the history is whole again.
+    let r = resume(garbage).await;
+    assert_eq!(
+        r["type"], "invalidate",
+        "the event after the holes is replayed: {r}"
+    );
+    assert_eq!(r["keys"], json!(["h:4"]));
+    // `since_seq: 0` on a node whose ring holds only part of the epoch is a reset too.
+    let r = resume(0).await;
+    assert_eq!(r["type"], "reset", "{r}");
+}
+
+/// A node (re)started on a stream longer than its history ring holds only the tail: a
+/// `resume` from 0 cannot be answered from it (it would skip the events before the tail).
+#[tokio::test]
+async fn resume_from_zero_on_a_refilled_tail_is_a_reset() {
+    let db = fresh_database().await;
+    let t = tag();
+    let toml = format!("{}[ws]\nhistory_events = 2\n", cluster_toml(&t, 4222));
+    let a = node(&db, &toml, "node-a").await;
+    let mut last = 0;
+    for i in 0..5 {
+        let (_, v) = a
+            .post_json(
+                "/invalidate/key",
+                &json!({"keys": [format!("z:{i}")], "triggered_by": "t"}),
+                None,
+            )
+            .await;
+        last = v["seq"].as_u64().unwrap();
+    }
+    let b = node(&db, &toml, "node-b").await;
+    let mut ws = Ws::connect_url(&b.ws_url()).await;
+    for _ in 0..100 {
+        if ws.hello["seq"].as_u64() >= Some(last) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ws = Ws::connect_url(&b.ws_url()).await;
+    }
+    ws.subscribe(json!(["z:*"])).await;
+    let epoch = ws.hello["epoch"].clone();
+    let r = ws
+        .request(json!({"op": "resume", "epoch": epoch, "since_seq": 0}))
+        .await;
+    assert_eq!(
+        (r["type"].clone(), r["reason"].clone()),
+        (json!("reset"), json!("history_gap")),
+        "{r}"
+    );
+    // A position inside the tail is answered from it.
+    let r = ws
+        .request(json!({"op": "resume", "epoch": epoch, "since_seq": last - 1}))
+        .await;
+    assert_eq!(
+        (r["type"].clone(), r["keys"].clone()),
+        (json!("invalidate"), json!(["z:4"])),
+        "{r}"
+    );
+}

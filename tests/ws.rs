@@ -381,6 +381,34 @@ async fn stalled_reader_is_closed_with_4008_while_others_keep_receiving() {
     assert!(seq > last);
 }
 
+/// An event written live with fewer keys than the connection's interests at the time of a
+/// later `resume` (it tracked a key of that event afterwards) is replayed with the keys it
+/// matches now, not skipped as "already sent".
+#[tokio::test]
+async fn resume_replays_an_event_sent_live_with_fewer_keys() {
+    let s = TestServer::start().await;
+    let mut a = Ws::connect(&s).await;
+    let epoch = a.hello["epoch"].as_str().unwrap().to_string();
+    let before = a.hello["seq"].as_u64().unwrap();
+    a.subscribe(json!(["a:*"])).await;
+    let seq = post_keys(&s, &["a:1", "b:1"], None).await;
+    let live = a.recv().await;
+    assert_eq!(
+        (live["seq"].as_u64(), keys(&live)),
+        (Some(seq), vec!["a:1".to_string()])
+    );
+    a.request(json!({"op": "track", "keys": ["b:1"]})).await;
+    let r = a
+        .request(json!({"op": "resume", "epoch": epoch, "since_seq": before}))
+        .await;
+    assert_eq!(r["type"], "invalidate", "replayed, not skipped: {r}");
+    assert_eq!(
+        (r["seq"].as_u64(), keys(&r)),
+        (Some(seq), vec!["a:1".to_string(), "b:1".to_string()])
+    );
+    assert_eq!(a.recv().await["type"], "resumed");
+}
+
 #[tokio::test]
 async fn resume_replays_exactly_the_missed_matching_events() {
     let s = TestServer::start().await;

@@ -356,6 +356,36 @@ impl AuditPipeline {
             .unwrap_or_else(|_| Err(AuditError::Store("request_id lookup timed out".into())))
     }
 
+    /// Write rows that may already be partly stored (cluster mode: the shared audit consumer),
+    /// idempotently, with the writer's statistics.
+    pub async fn write_rows(&self, rows: &[record::AuditRow]) -> Result<(), AuditError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let Some(store) = self.store() else {
+            return Err(AuditError::Store("audit store is unreachable".into()));
+        };
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            store.write(rows, postgres::WriteMode::Replay),
+        )
+        .await
+        .unwrap_or_else(|_| Err(AuditError::Store("audit write timed out".into())));
+        let s = &self.shared;
+        match &result {
+            Ok(()) => {
+                s.write_latency.record(started.elapsed().as_micros() as u64);
+                s.batch_sizes.record(rows.len() as u64);
+                s.written.fetch_add(rows.len() as u64, Ordering::Relaxed);
+            }
+            Err(_) => {
+                s.failed_batches.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
     /// Highest `seq` in the store (0 when it is unreachable: the seq file covers restarts).
     pub async fn max_seq(&self) -> Result<u64, AuditError> {
         let mut max = self.shared.written_max_seq.load(Ordering::Relaxed);

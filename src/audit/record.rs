@@ -101,6 +101,33 @@ impl AuditRow {
         }
     }
 
+    /// The row with every NUL replaced (see the module invariant): for rows built from
+    /// something other than a record (the cluster bus).
+    pub fn clean(mut row: AuditRow) -> AuditRow {
+        for s in [
+            &mut row.scope,
+            &mut row.request_id,
+            &mut row.triggered_by,
+            &mut row.node_id,
+            &mut row.body_hash,
+        ] {
+            if s.contains('\0') {
+                *s = clean(s);
+            }
+        }
+        for s in row
+            .token_name
+            .iter_mut()
+            .chain(row.pattern.iter_mut())
+            .chain(row.keys.iter_mut())
+        {
+            if s.contains('\0') {
+                *s = clean(s);
+            }
+        }
+        row
+    }
+
     /// `latency_ms` column: whole milliseconds, as in the original design.
     pub fn latency_ms(&self) -> i64 {
         self.latency_us / 1000

@@ -11,11 +11,17 @@
 //! `epoch` is derived from the stream's creation time: stable across node and NATS restarts
 //! while the stream keeps its history, different when the stream is recreated.
 //!
-//! Auditing: the node that accepted an invalidation writes its record when its own consumer
-//! delivers it (it knows the `seq` then), before handing it to its hub. So every event in the
-//! stream is audited, exactly once (the store's unique `request_id`), by its accepting node,
-//! even one whose publish ack was lost and whose HTTP request got 503; and a node that
-//! restarts re-offers the records of its recent events, which the store ignores if present.
+//! Auditing: rows are written from the stream by one durable pull consumer that every node
+//! shares (`<stream>_AUDIT`): a node fetches a batch, writes it to the shared store
+//! (`ON CONFLICT DO NOTHING`), and only then acknowledges the messages. A node that dies with
+//! a batch in hand never acknowledges it, so JetStream redelivers it to another node after
+//! `audit_ack_wait_secs`: the rows of a node killed right after its publish ack and never
+//! restarted are still written, exactly once (unique `(scope, request_id)`), with the
+//! `node_id` the message carries. The JetStream publish ack is the durable point of a 200.
+//!
+//! Delivery holes are never silent: a consumer that jumps forward in stream sequence, or a
+//! message it cannot decode, cuts the history and sends `reset` (`history_gap`) to every
+//! connection, since events were lost for them.
 //!
 //! Failure model: NATS unreachable → `ready()` is false and `publish` fails fast with 503
 //! (never a silent local-only push); the client reconnects on its own and the consumer task
@@ -30,10 +36,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 
-use crate::audit::{AuditPipeline, AuditRecord};
+use crate::audit::AuditPipeline;
 use crate::error::ApiError;
 use crate::event::Invalidation;
 use crate::fanout::Hub;
+use crate::idempotency::Idempotency;
 use crate::pattern::PatternCache;
 
 pub use wire::WireEvent;
@@ -59,6 +66,10 @@ pub struct ClusterConfig {
     pub duplicate_window_secs: u64,
     /// Publish ack timeout (ms).
     pub publish_timeout_ms: u64,
+    /// Durable consumer shared by all nodes for the audit rows ("" = `<stream>_AUDIT`).
+    pub audit_consumer: String,
+    /// An audit batch not acknowledged within this long is redelivered to another node.
+    pub audit_ack_wait_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -70,6 +81,8 @@ impl Default for ClusterConfig {
             max_messages: 10_000_000,
             duplicate_window_secs: 120,
             publish_timeout_ms: 2_000,
+            audit_consumer: String::new(),
+            audit_ack_wait_secs: 30,
         }
     }
 }
@@ -99,6 +112,11 @@ pub struct Cluster {
     first_seq_at_start: u64,
     /// Last stream sequence handed to the hub.
     delivered: AtomicU64,
+    audit_consumer: String,
+    /// Stream messages that could not be decoded (each cut the history).
+    undecodable: AtomicU64,
+    /// Forward jumps of the stream sequence met by the delivery consumer (each a gap).
+    gaps: AtomicU64,
 }
 
 impl Cluster {
@@ -135,6 +153,25 @@ impl Cluster {
             .clone();
         check_config(&info.config, &wanted)?;
         let epoch = format!("js-{:x}", info.created.unix_timestamp_nanos());
+        let audit_consumer = match cfg.audit_consumer.trim() {
+            "" => format!("{}_AUDIT", cfg.stream),
+            name => name.to_string(),
+        };
+        let audit_ack_wait = Duration::from_secs(cfg.audit_ack_wait_secs.max(1));
+        s.get_or_create_consumer(
+            &audit_consumer,
+            consumer::pull::Config {
+                durable_name: Some(audit_consumer.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: audit_ack_wait,
+                deliver_policy: consumer::DeliverPolicy::All,
+                filter_subject: cfg.subject.clone(),
+                max_ack_pending: 100_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| ClusterError::Stream(format!("audit consumer {audit_consumer}: {e}")))?;
         Ok(Arc::new(Cluster {
             client,
             js,
@@ -144,6 +181,9 @@ impl Cluster {
             last_seq_at_start: info.state.last_sequence,
             first_seq_at_start: info.state.first_sequence,
             delivered: AtomicU64::new(info.state.last_sequence),
+            audit_consumer,
+            undecodable: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
         }))
     }
 
@@ -151,9 +191,27 @@ impl Cluster {
         &self.epoch
     }
 
-    /// Last stream sequence at start-up (the hub's starting `seq`).
-    pub fn last_seq_at_start(&self) -> u64 {
+    /// The first stream sequence the delivery consumer hands to the hub: far enough back to
+    /// refill a history ring of `history` events, never before the stream's first message.
+    pub fn refill_start(&self, history: usize) -> u64 {
         self.last_seq_at_start
+            .saturating_sub(history as u64)
+            .max(self.first_seq_at_start)
+            .max(1)
+    }
+
+    /// Does the refill reach back to the stream's first retained message (so the ring holds
+    /// everything the epoch still has, and `since_seq: 0` can be answered)?
+    pub fn refill_is_whole_stream(&self, history: usize) -> bool {
+        self.refill_start(history) <= self.first_seq_at_start.max(1)
+    }
+
+    /// (undecodable messages, sequence gaps) met so far.
+    pub fn faults(&self) -> (u64, u64) {
+        (
+            self.undecodable.load(Ordering::Relaxed),
+            self.gaps.load(Ordering::Relaxed),
+        )
     }
 
     /// Is NATS reachable right now?
@@ -170,9 +228,11 @@ impl Cluster {
         }
         let payload = serde_json::to_vec(event)
             .map_err(|e| ApiError::unavailable(format!("cannot encode event: {e}")))?;
+        // Deduplication is per token scope too: two tenants' `req-001` are two messages.
+        let scope = event.token_name.as_deref().unwrap_or("");
         let msg = jetstream::message::PublishMessage::build()
             .payload(payload.into())
-            .message_id(&event.request_id);
+            .message_id(crate::idempotency::scoped_key(scope, &event.request_id));
         let unavailable = |e: &dyn std::fmt::Display| {
             tracing::warn!(request_id = %event.request_id, error = %e, "JetStream publish failed");
             ApiError::unavailable("NATS did not acknowledge the invalidation; it was not accepted")
@@ -201,26 +261,21 @@ impl Cluster {
             .map_err(|e| ApiError::unavailable(format!("bad stream message {seq}: {e}")))
     }
 
-    /// Consume the stream forever, handing each event to `hub` in stream order. Starts far
-    /// enough back to refill the history ring; re-creates its consumer after any error.
+    /// Consume the stream forever from `start`, handing each event to `hub` in stream order
+    /// and noting its id as taken; re-creates its consumer after any error.
     pub fn spawn_consumer(
         self: &Arc<Self>,
         hub: Arc<Hub>,
         patterns: Arc<PatternCache>,
-        audit: Arc<AuditPipeline>,
-        history: usize,
+        idempotency: Arc<Idempotency>,
+        start: u64,
     ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        let start = self
-            .last_seq_at_start
-            .saturating_sub(history as u64)
-            .max(self.first_seq_at_start)
-            .max(1);
-        me.delivered.store(start - 1, Ordering::Release);
+        me.delivered.store(start.max(1) - 1, Ordering::Release);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             loop {
-                match me.consume(&hub, &patterns, &audit).await {
+                match me.consume(&hub, &patterns, &idempotency).await {
                     Ok(()) => backoff = Duration::from_millis(100),
                     Err(e) => {
                         tracing::warn!(error = %e, "JetStream consumer stopped; re-creating");
@@ -236,7 +291,7 @@ impl Cluster {
         &self,
         hub: &Hub,
         patterns: &PatternCache,
-        audit: &AuditPipeline,
+        idempotency: &Idempotency,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let s = self.js.get_stream(&self.stream).await?;
         let next = self.delivered.load(Ordering::Acquire) + 1;
@@ -244,9 +299,7 @@ impl Cluster {
         if next < first {
             // The events we were about to deliver have expired from the stream.
             tracing::warn!(next, first, "stream history no longer reaches our position");
-            hub.history_gap(first.saturating_sub(1));
-            self.delivered
-                .store(first.saturating_sub(1), Ordering::Release);
+            self.gap(hub, first.saturating_sub(1));
         }
         let start_sequence = self.delivered.load(Ordering::Acquire) + 1;
         let consumer = s
@@ -260,57 +313,130 @@ impl Cluster {
         while let Some(m) = messages.next().await {
             let m = m?;
             let seq = m.info()?.stream_sequence;
-            if seq <= self.delivered.load(Ordering::Acquire) {
+            let last = self.delivered.load(Ordering::Acquire);
+            if seq <= last {
                 continue;
             }
+            if seq > last + 1 {
+                // Messages between were removed (limits, a purge) before we delivered them.
+                tracing::warn!(
+                    expected = last + 1,
+                    got = seq,
+                    "stream sequence jumped forward"
+                );
+                self.gap(hub, seq - 1);
+            }
             match serde_json::from_slice::<WireEvent>(&m.payload) {
-                Ok(ev) => self.deliver(ev, seq, hub, patterns, audit).await,
-                Err(e) => tracing::error!(seq, error = %e, "undecodable stream event"),
+                Ok(ev) => self.deliver(ev, seq, hub, patterns, idempotency),
+                Err(e) => {
+                    // Its connections would silently miss it: reset them instead.
+                    tracing::error!(seq, error = %e, "undecodable stream event; resetting connections");
+                    self.undecodable.fetch_add(1, Ordering::Relaxed);
+                    self.gap(hub, seq);
+                }
             }
             self.delivered.store(seq, Ordering::Release);
         }
         Ok(())
     }
-}
 
-impl Cluster {
-    /// Audit (if this node accepted it) and hand one stream event to the hub.
-    async fn deliver(
+    /// Events through `lost_through` will never be delivered here: cut the history, reset.
+    fn gap(&self, hub: &Hub, lost_through: u64) {
+        self.gaps.fetch_add(1, Ordering::Relaxed);
+        hub.history_gap(lost_through);
+        self.delivered.fetch_max(lost_through, Ordering::AcqRel);
+    }
+
+    /// Hand one stream event to the hub (auditing is the shared audit consumer's job).
+    fn deliver(
         &self,
         ev: WireEvent,
         seq: u64,
         hub: &Hub,
         patterns: &PatternCache,
-        audit: &AuditPipeline,
+        idempotency: &Idempotency,
     ) {
-        let ours = ev.node_id == hub.node_id();
-        let body_hash = ev.body_hash.clone();
-        let inv = match ev.into_invalidation(seq, patterns) {
-            Ok(inv) => Arc::new(inv),
+        idempotency.note_taken(ev.token_name.as_deref().unwrap_or(""), &ev.request_id);
+        match ev.into_invalidation(seq, patterns) {
+            Ok(inv) => {
+                hub.publish(Arc::new(inv));
+            }
             Err(e) => {
-                tracing::error!(seq, error = %e, "undeliverable stream event (pattern)");
-                return;
+                tracing::error!(seq, error = %e, "undeliverable stream event (pattern); resetting connections");
+                self.undecodable.fetch_add(1, Ordering::Relaxed);
+                self.gap(hub, seq);
             }
-        };
-        if !ours {
-            hub.publish(inv);
-            return;
         }
-        // Our own event: its audit slot first (waiting as long as it takes: the consumer may
-        // lag, but a record is never skipped), then the push, then the record.
-        let permit = loop {
-            match audit.reserve().await {
-                Ok(p) => break p,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+    }
+
+    /// Write audit rows from the stream through the shared durable consumer, forever.
+    pub fn spawn_audit(self: &Arc<Self>, audit: Arc<AuditPipeline>, batch: usize) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match me.audit_batch(&audit, batch.max(1)).await {
+                    Ok(_) => backoff = Duration::from_millis(100),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster audit consumer: retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
             }
-        };
-        hub.publish(inv.clone());
-        let latency_us = (crate::time::now_us() - inv.published_at_us).max(0) as u64;
-        permit.send(AuditRecord {
-            inv,
-            latency_us,
-            body_hash,
         });
+    }
+
+    /// Fetch one batch, write it, then acknowledge it. Unacknowledged messages (the store
+    /// failed, or this node died) are redelivered after the ack wait.
+    async fn audit_batch(
+        &self,
+        audit: &AuditPipeline,
+        batch: usize,
+    ) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+        if !audit.ready() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Ok(0);
+        }
+        let consumer: consumer::PullConsumer = self
+            .js
+            .get_stream_no_info(&self.stream)
+            .await?
+            .get_consumer(&self.audit_consumer)
+            .await?;
+        let mut fetched = consumer
+            .fetch()
+            .max_messages(batch)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await?;
+        let mut messages = Vec::new();
+        let mut rows = Vec::new();
+        while let Some(m) = fetched.next().await {
+            let m = m?;
+            let seq = m.info()?.stream_sequence;
+            match serde_json::from_slice::<WireEvent>(&m.payload) {
+                Ok(ev) => rows.push(ev.audit_row(seq)),
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "undecodable stream event: no audit row")
+                }
+            }
+            messages.push(m);
+        }
+        if messages.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = audit.write_rows(&rows).await {
+            // Hand them back now rather than after the ack wait: any node may retry them.
+            for m in &messages {
+                let _ = m.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
+            return Err(Box::new(e));
+        }
+        for m in &messages {
+            m.ack().await?;
+        }
+        Ok(messages.len())
     }
 }
 
@@ -349,7 +475,7 @@ fn check_config(have: &stream::Config, want: &stream::Config) -> Result<(), Clus
 
 /// What the stream carries, for [`Invalidation`] conversion both ways.
 impl WireEvent {
-    pub fn of(inv: &Invalidation, body_hash: &str) -> WireEvent {
-        wire::of(inv, body_hash)
+    pub fn of(inv: &Invalidation, body_hash: &str, latency_us: u64) -> WireEvent {
+        wire::of(inv, body_hash, latency_us)
     }
 }

@@ -144,7 +144,7 @@ impl<'a> EventEncoder<'a> {
             triggered_by: &inv.triggered_by,
             published_at: &self.published_at,
             keys,
-            pattern: inv.pattern().map(|p| p.source()),
+            pattern: inv.pattern().map(|p| p.canonical()),
             pattern_type: inv.pattern_type().map(|t| t.as_str()),
         };
         json_frame(&value)

@@ -49,13 +49,22 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(max_events: usize, max_age: Duration, start_seq: u64) -> History {
+    /// `start_seq`: the last `seq` before this ring's first event. `zero_complete`: whether
+    /// the ring holds every event of the epoch from its start (so `since_seq: 0` can be
+    /// answered): true for a single node (a new epoch per process), false for a cluster node
+    /// that refills only the tail of a longer stream.
+    pub fn new(
+        max_events: usize,
+        max_age: Duration,
+        start_seq: u64,
+        zero_complete: bool,
+    ) -> History {
         History {
             entries: VecDeque::new(),
             max_events: max_events.max(1),
             max_age,
             floor: start_seq,
-            evicted_any: false,
+            evicted_any: !zero_complete,
         }
     }
 
@@ -130,7 +139,7 @@ mod cut_tests {
 
     #[test]
     fn a_cut_turns_older_positions_into_gaps() {
-        let mut h = History::new(10, Duration::from_secs(60), 0);
+        let mut h = History::new(10, Duration::from_secs(60), 0, true);
         h.cut(7);
         assert_eq!(
             h.since(0, 7, Instant::now()).unwrap_err(),
@@ -168,7 +177,7 @@ mod tests {
     #[test]
     fn replays_after_position() {
         let now = Instant::now();
-        let mut h = History::new(10, Duration::from_secs(60), 0);
+        let mut h = History::new(10, Duration::from_secs(60), 0, true);
         for s in 1..=5 {
             h.push(inv(s), now);
         }
@@ -181,10 +190,27 @@ mod tests {
         );
     }
 
+    /// A cluster node refilling the tail of a longer stream: `since_seq: 0` cannot be answered
+    /// from the tail (the events before it are not in the ring), positions inside it can.
+    #[test]
+    fn a_refilled_tail_answers_zero_with_a_gap() {
+        let now = Instant::now();
+        let mut h = History::new(10, Duration::from_secs(60), 40, false);
+        for s in 41..=45 {
+            h.push(inv(s), now);
+        }
+        assert_eq!(h.since(0, 45, now).unwrap_err(), ResetReason::HistoryGap);
+        assert_eq!(h.since(39, 45, now).unwrap_err(), ResetReason::HistoryGap);
+        assert_eq!(
+            seqs(&h.since(40, 45, now).unwrap()),
+            vec![41, 42, 43, 44, 45]
+        );
+    }
+
     #[test]
     fn count_bound_makes_a_gap() {
         let now = Instant::now();
-        let mut h = History::new(3, Duration::from_secs(60), 0);
+        let mut h = History::new(3, Duration::from_secs(60), 0, true);
         for s in 1..=5 {
             h.push(inv(s), now);
         }
@@ -196,7 +222,7 @@ mod tests {
     #[test]
     fn age_bound_makes_a_gap() {
         let t0 = Instant::now();
-        let mut h = History::new(100, Duration::from_secs(10), 0);
+        let mut h = History::new(100, Duration::from_secs(10), 0, true);
         h.push(inv(1), t0);
         h.push(inv(2), t0 + Duration::from_secs(8));
         let later = t0 + Duration::from_secs(15);
@@ -207,7 +233,7 @@ mod tests {
     #[test]
     fn restart_floor() {
         let now = Instant::now();
-        let mut h = History::new(100, Duration::from_secs(10), 40);
+        let mut h = History::new(100, Duration::from_secs(10), 40, true);
         h.push(inv(41), now);
         assert_eq!(h.since(10, 41, now).unwrap_err(), ResetReason::HistoryGap);
         assert_eq!(seqs(&h.since(0, 41, now).unwrap()), vec![41]);

@@ -127,12 +127,14 @@ impl Hub {
         node_id: Arc<str>,
         patterns: Arc<PatternCache>,
         start_seq: u64,
+        history_from_zero: bool,
     ) -> Arc<Hub> {
         let ws = config.ws.clone();
         let history = History::new(
             ws.history_events,
             Duration::from_secs(ws.history_age_secs),
             start_seq,
+            history_from_zero,
         );
         Arc::new(Hub {
             epoch,

@@ -15,7 +15,7 @@ fn hub_with(ws: WsConfig) -> Arc<Hub> {
         ..Config::default()
     };
     let cache = Arc::new(PatternCache::new(64, PatternLimits::default()));
-    Hub::new(&config, "ep".into(), Arc::from("node-t"), cache, 0)
+    Hub::new(&config, "ep".into(), Arc::from("node-t"), cache, 0, true)
 }
 
 fn hub() -> Arc<Hub> {

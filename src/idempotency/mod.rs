@@ -90,8 +90,9 @@ struct State {
     next_stamp: u64,
 }
 
-/// The map key of `(scope, id)`: length-prefixed, so no two pairs share one.
-fn key(scope: &str, id: &str) -> String {
+/// The key of `(scope, id)`: length-prefixed, so no two pairs share one. Also the JetStream
+/// message id in cluster mode.
+pub fn scoped_key(scope: &str, id: &str) -> String {
     format!("{}:{scope}{id}", scope.len())
 }
 
@@ -143,7 +144,7 @@ impl Idempotency {
 
     /// Claim `(scope, id)`, waiting while another request with the same id is in flight.
     pub async fn claim(self: &Arc<Self>, scope: &str, id: &str) -> Claim {
-        let k = key(scope, id);
+        let k = scoped_key(scope, id);
         loop {
             let notify = {
                 let mut st = self.state.lock();

@@ -120,7 +120,7 @@ struct Session<S> {
     /// tungstenite may hold an automatic pong to write (a ping was read since the last flush).
     ws_pending: bool,
     /// `seq`s of live events written before the first `resume`, ascending.
-    live_sent: Option<Vec<u64>>,
+    live_sent: Option<Vec<(u64, Bytes)>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -351,10 +351,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     replayed += u64::from(p.seq > since_seq);
                     self.out.extend_from_slice(&p.bytes);
                 }
-                if queued_too || already.binary_search(&inv.seq).is_ok() {
+                if queued_too {
                     continue;
                 }
-                if let Some(frame) = self.replay_frame(inv) {
+                // An event already written live is skipped only if it said all that the
+                // replay would: delivered live with fewer keys (a `track` came after it), the
+                // replay's frame goes out too (repeating a key is harmless, missing one not).
+                let frame = self.replay_frame(inv);
+                let sent_live = |f: &Bytes| {
+                    let from = already.partition_point(|(seq, _)| *seq < inv.seq);
+                    already[from..]
+                        .iter()
+                        .take_while(|(seq, _)| *seq == inv.seq)
+                        .any(|(_, b)| b == f)
+                };
+                if let Some(frame) = frame.filter(|f| !sent_live(f)) {
                     replayed += 1;
                     self.out.extend_from_slice(&frame);
                 }
@@ -449,7 +460,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if let Some(sent) = &mut self.live_sent
             && sent.len() < LIVE_SENT_MAX
         {
-            sent.push(f.seq);
+            sent.push((f.seq, f.bytes.clone()));
         }
         self.out.extend_from_slice(&f.bytes);
     }

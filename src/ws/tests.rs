@@ -79,7 +79,14 @@ async fn send(c: &mut Client, v: Value) {
 
 fn hub() -> Arc<Hub> {
     let cache = Arc::new(PatternCache::new(16, PatternLimits::default()));
-    Hub::new(&Config::default(), "e1".into(), Arc::from("n1"), cache, 10)
+    Hub::new(
+        &Config::default(),
+        "e1".into(),
+        Arc::from("n1"),
+        cache,
+        10,
+        true,
+    )
 }
 
 fn inv(seq: u64, key: &str) -> Arc<Invalidation> {

@@ -146,6 +146,8 @@ enum Matcher {
 #[derive(Debug)]
 pub struct Pattern {
     source: String,
+    /// The text that, parsed with an explicit `kind`, means exactly this pattern.
+    canonical: String,
     kind: PatternType,
     matcher: Matcher,
     /// For globs and regexes: the anchored regex that was compiled.
@@ -168,6 +170,13 @@ impl Pattern {
     ) -> Result<Pattern, PatternError> {
         parse::validate(source, limits)?;
         let (kind, shape) = parse::infer(source, explicit);
+        let canonical = match &shape {
+            Shape::Exact(s) => s.clone(),
+            Shape::Prefix(s) => format!("{s}*"),
+            Shape::Suffix(s) => format!("*{s}"),
+            // An explicit glob goes through the same tokenizer as inference; a regex is itself.
+            Shape::Glob(_) | Shape::Regex => source.to_string(),
+        };
         let (matcher, regex_source, literal_prefix, literal_suffix) = match shape {
             Shape::Exact(s) => (Matcher::Exact(s.clone()), None, s.clone(), s),
             Shape::Prefix(s) => (Matcher::Prefix(s.clone()), None, s, String::new()),
@@ -204,6 +213,7 @@ impl Pattern {
         };
         Ok(Pattern {
             source: source.to_string(),
+            canonical,
             kind,
             matcher,
             regex_source,
@@ -215,6 +225,14 @@ impl Pattern {
     /// The pattern as the client wrote it.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// The pattern in a form that means the same on every reader: parsing it with the
+    /// explicit type [`Pattern::kind`] gives this very key set. This is what crosses the
+    /// cluster bus and reaches WebSocket clients, so an inferred `user:\*` (the key `user:*`)
+    /// travels as the exact key `user:*`, never as the seven characters `user:\*`.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
     }
 
     /// The type the client asked for, or the inferred one.

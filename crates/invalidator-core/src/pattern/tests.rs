@@ -155,6 +155,15 @@ fn escaped_wildcards_are_literal_characters() {
     assert!(glob2.is_match("zz?xé") && !glob2.is_match("zzaxé"));
     let backslash = p(r"a\\*");
     assert_eq!(backslash.literal(), Some("a\\"));
+    // On the wire the escaped exact key is the key itself, with an explicit type.
+    assert_eq!(
+        (pat.canonical(), pat.kind()),
+        ("user:*", PatternType::Exact)
+    );
+    assert_eq!(
+        (glob.canonical(), glob.kind()),
+        ("a*b*", PatternType::Prefix)
+    );
 }
 
 #[test]
@@ -569,6 +578,27 @@ fn parse_any(source: &str, explicit: Option<PatternType>) -> Pattern {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(400))]
+
+    /// What crosses the wire (`canonical` with the explicit `kind`) means the same pattern on
+    /// the receiving side, escapes and wildcard-looking literal keys included.
+    #[test]
+    fn canonical_form_reparses_to_the_same_key_set(
+        (source, explicit) in pattern_strategy(),
+        keys in proptest::collection::vec(
+            proptest::collection::vec(prop_oneof![Just('a'), Just('*'), Just('?'), Just('\\'), Just(':'), Just('é')], 0..6)
+                .prop_map(|cs| cs.into_iter().collect::<String>()),
+            1..30,
+        ),
+    ) {
+        let pat = parse_any(&source, explicit);
+        let again = Pattern::parse(pat.canonical(), Some(pat.kind()), &PatternLimits::default())
+            .expect("the canonical form parses");
+        prop_assert_eq!(again.kind(), pat.kind());
+        prop_assert_eq!(again.canonical(), pat.canonical());
+        for key in keys {
+            prop_assert_eq!(again.is_match(&key), pat.is_match(&key), "{} {:?} -> {} on {}", source, explicit, pat.canonical(), key);
+        }
+    }
 
     #[test]
     fn matches_the_reference((source, explicit) in pattern_strategy(), keys in proptest::collection::vec(key_strategy(), 1..20)) {
