@@ -5,6 +5,7 @@
 //! below this layer writes a response. A bad request never changes state: validation and
 //! authorisation happen before the publisher is called.
 
+mod assets;
 pub mod client;
 pub mod invalidate;
 pub mod request;
@@ -58,6 +59,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("/readyz", "GET"),
     ("/audit/logs", "GET"),
     ("/ws", "GET"),
+    ("/openapi.json", "GET"),
+    ("/dashboard", "GET"),
 ];
 
 /// `?token=` of a WebSocket URL.
@@ -191,6 +194,9 @@ async fn route(
             Ok(resp)
         }
         (&Method::GET, "/healthz") => Ok(ok(json!({"status": "ok"}))),
+        (&Method::GET, "/openapi.json") => Ok(assets::openapi()),
+        (&Method::GET, p) if p.starts_with("/dashboard") => assets::dashboard(p)
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no dashboard file at {p}"))),
         (&Method::GET, "/readyz") => readyz(app),
         (&Method::GET, "/audit/logs") => {
             authenticate(app, &req, Scope::AuditRead)?;
