@@ -169,7 +169,9 @@ async fn pg_bench_in(url: &str, n_query_rows: u64) -> Result<(), Box<dyn std::er
         s.write_latency_us.p99,
         s.batch_size.p50
     );
-    audit.shutdown().await;
+    audit
+        .shutdown(tokio::time::Instant::now() + std::time::Duration::from_secs(25))
+        .await;
     drop(audit);
 
     // 2. The store's write paths, and 3. the per-row baseline.
@@ -244,7 +246,9 @@ async fn pg_bench_in(url: &str, n_query_rows: u64) -> Result<(), Box<dyn std::er
         .execute(store.pool())
         .await?;
     report_queries("postgres (after VACUUM)", &audit).await;
-    audit.shutdown().await;
+    audit
+        .shutdown(tokio::time::Instant::now() + std::time::Duration::from_secs(25))
+        .await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -270,7 +274,9 @@ async fn sqlite_bench(n_rows: u64) -> Result<(), Box<dyn std::error::Error>> {
     };
     let audit = AuditPipeline::start(&config).await?;
     report_queries("sqlite", &audit).await;
-    audit.shutdown().await;
+    audit
+        .shutdown(tokio::time::Instant::now() + std::time::Duration::from_secs(25))
+        .await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

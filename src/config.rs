@@ -171,6 +171,7 @@ pub struct FileConfig {
     pub nats_url: Option<String>,
     pub node_id: Option<String>,
     pub allow_open: Option<bool>,
+    pub shutdown_timeout_secs: Option<u64>,
     pub limits: Limits,
     pub audit: AuditConfig,
     pub ws: WsConfig,
@@ -193,7 +194,7 @@ pub struct Config {
     pub ws: WsConfig,
     pub cluster: crate::cluster::ClusterConfig,
     pub tokens: Vec<TokenConfig>,
-    /// Drain deadline on shutdown.
+    /// One deadline for the whole graceful shutdown (requests, WebSockets, audit drain).
     pub shutdown_timeout: Duration,
 }
 
@@ -211,7 +212,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             cluster: Default::default(),
             tokens: Vec::new(),
-            shutdown_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(25),
         }
     }
 }

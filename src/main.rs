@@ -57,11 +57,12 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "INVALIDATOR_LISTEN", default_value = "127.0.0.1:4000")]
+    /// Address to listen on [default: 127.0.0.1:4000, or `listen` in the config file].
+    #[arg(long, env = "INVALIDATOR_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Directory for the embedded SQLite audit file, the spool and the seq mark.
-    #[arg(long, env = "INVALIDATOR_DATA_DIR", default_value = "./data")]
+    /// Directory for the embedded SQLite audit file, the write-ahead log and the seq mark
+    /// [default: ./data, or `data_dir` in the config file].
+    #[arg(long, env = "INVALIDATOR_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// TOML config file (tokens, limits, audit and WebSocket settings).
     #[arg(long, env = "INVALIDATOR_CONFIG")]
@@ -81,6 +82,10 @@ struct ServeArgs {
     /// A token with every scope, named "admin" (in addition to the config file's tokens).
     #[arg(long, env = "INVALIDATOR_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// One deadline for a graceful shutdown, seconds [default: 25, under the usual 30 s kill
+    /// grace; or `shutdown_timeout_secs` in the config file].
+    #[arg(long, env = "INVALIDATOR_SHUTDOWN_TIMEOUT_SECS")]
+    shutdown_timeout_secs: Option<u64>,
 }
 
 /// Where the operator subcommands find the server.
@@ -208,7 +213,10 @@ fn resolve_config(a: ServeArgs) -> Result<Config, String> {
         ws: file.ws,
         cluster: file.cluster,
         tokens,
-        shutdown_timeout: d.shutdown_timeout,
+        shutdown_timeout: a
+            .shutdown_timeout_secs
+            .or(file.shutdown_timeout_secs)
+            .map_or(d.shutdown_timeout, std::time::Duration::from_secs),
     })
 }
 

@@ -281,20 +281,25 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
         }
     }
     drop(listener);
+    // One deadline for everything below (`shutdown_timeout_secs`), under the kill grace of
+    // the usual supervisors; the audit drain gets what is left of it.
+    let deadline = tokio::time::Instant::now() + app.config.shutdown_timeout;
     tracing::info!("shutting down: finishing in-flight requests");
     app.hub.close_all();
     // Let WebSocket writers send their 1001 close frames before the process goes away.
-    let _ = tokio::time::timeout(Duration::from_secs(5), app.hub.wait_closed()).await;
+    let ws_deadline = deadline.min(tokio::time::Instant::now() + Duration::from_secs(5));
+    let _ = tokio::time::timeout_at(ws_deadline, app.hub.wait_closed()).await;
     let _ = stop_tx.send(true);
+    let requests_deadline = deadline - app.config.shutdown_timeout.mul_f64(0.4);
     let all_done = live.acquire_many(tasks);
-    if tokio::time::timeout(app.config.shutdown_timeout, all_done)
+    if tokio::time::timeout_at(requests_deadline, all_done)
         .await
         .is_err()
     {
         tracing::warn!("some connections did not finish in time");
     }
     tracing::info!("draining the audit pipeline");
-    app.audit.shutdown().await;
+    app.audit.shutdown(deadline).await;
     tracing::info!("shutdown complete");
 }
 

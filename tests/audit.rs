@@ -87,6 +87,11 @@ fn workload(range: std::ops::RangeInclusive<u64>) -> Vec<AuditRecord> {
         .collect()
 }
 
+/// A graceful shutdown's deadline, as the server gives it.
+fn deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(25)
+}
+
 /// Send every record, then wait until all are durable in the write-ahead log (as a request
 /// does before it answers 200).
 async fn send_all(audit: &AuditPipeline, records: Vec<AuditRecord>) {
@@ -438,7 +443,7 @@ async fn pg_rows_match_records() {
     assert_eq!(row.get::<String, _>(8), "hash-1");
     assert_eq!(row.get::<String, _>(9), "2025-01-15 10:50:01");
     assert!(row.get::<bool, _>(10));
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     db.drop_db().await;
 }
 
@@ -451,7 +456,7 @@ async fn sqlite_rows_match_records() {
     assert!(audit.ready());
     assert!(dir.join("audit.sqlite3").exists());
     rows_match_records(&audit).await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
 }
 
 // ---- filters and paging ----------------------------------------------------------------
@@ -583,7 +588,7 @@ async fn pg_filters_and_paging() {
         .await
         .expect("start");
     filters_and_paging(&audit).await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     db.drop_db().await;
 }
 
@@ -594,7 +599,7 @@ async fn sqlite_filters_and_paging() {
         .await
         .expect("start");
     filters_and_paging(&audit).await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
 }
 
 // ---- keyset paging while writes continue ------------------------------------------------
@@ -676,7 +681,7 @@ async fn pg_keyset_pages_while_writing() {
         .await
         .expect("start");
     keyset_while_writing(audit.clone()).await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     assert_eq!(pg_count(&db).await, 4000);
     db.drop_db().await;
 }
@@ -688,7 +693,7 @@ async fn sqlite_keyset_pages_while_writing() {
         .await
         .expect("start");
     keyset_while_writing(audit.clone()).await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
 }
 
 // ---- immutability ----------------------------------------------------------------------
@@ -701,7 +706,7 @@ async fn pg_rejects_update_delete_truncate() {
         .await
         .expect("start");
     send_all(&audit, workload(1..=3)).await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     let mut c = db.conn().await;
     for sql in [
         "UPDATE invalidation_audit SET triggered_by = 'x'",
@@ -726,7 +731,7 @@ async fn sqlite_rejects_update_delete() {
         .await
         .expect("start");
     send_all(&audit, workload(1..=3)).await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     let url = format!("sqlite://{}", dir.join("audit.sqlite3").display());
     let mut c = sqlx::SqliteConnection::connect(&url).await.expect("sqlite");
     for sql in [
@@ -781,7 +786,7 @@ async fn pg_outage_mid_run_loses_and_duplicates_nothing() {
         },
     )
     .await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     assert_eq!(pg_request_ids(&db).await, expected_ids(1..=6000));
     assert_eq!(pg_count(&db).await, 6000);
     // Acceptance order preserved: id order is seq order.
@@ -840,7 +845,7 @@ async fn pg_unreachable_at_start_then_appears() {
         .expect("find")
         .expect("stored");
     assert_eq!(found.seq, 7);
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     assert_eq!(pg_request_ids(&db).await, expected_ids(1..=500));
     drop(proxy);
     db.drop_db().await;
@@ -860,7 +865,7 @@ async fn pg_spool_replayed_after_restart_exactly_once() {
     .await;
     proxy.cut();
     send_all(&audit, workload(301..=1000)).await;
-    audit.shutdown().await; // store down: the rest stays in the write-ahead log
+    audit.shutdown(deadline()).await; // store down: the rest stays in the write-ahead log
     assert_eq!(audit.stats().spooled, 700);
     assert_eq!(pg_count(&db).await, 300);
     drop(audit);
@@ -877,7 +882,7 @@ async fn pg_spool_replayed_after_restart_exactly_once() {
         audit.stats().spooled == 0
     })
     .await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     assert_eq!(pg_request_ids(&db).await, expected_ids(1..=1000));
     assert_eq!(pg_count(&db).await, 1000);
     drop(proxy);
@@ -903,12 +908,12 @@ async fn torn_wal_is_replayed_up_to_the_tear() {
     assert_eq!(all["logs"][0]["seq"], 19);
     // New records after the torn segment still land.
     send_all(&audit, workload(21..=25)).await;
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     let audit = AuditPipeline::start(&config(&dir, None))
         .await
         .expect("restart");
     assert_eq!(audit.query_logs("").await.expect("q")["total_count"], 24);
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -925,12 +930,12 @@ async fn full_channel_is_503_and_shutdown_refuses() {
     assert_eq!(e.code.status().as_u16(), 503);
     a.send(record(key_inv(1, &["k"], "t")));
     b.send(record(key_inv(2, &["k"], "t")));
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
     let e = audit.reserve().await.err().expect("shut down");
     assert_eq!(e.code.status().as_u16(), 503);
     let audit = AuditPipeline::start(&cfg).await.expect("restart");
     assert_eq!(audit.query_logs("").await.expect("q")["total_count"], 2);
-    audit.shutdown().await;
+    audit.shutdown(deadline()).await;
 }
 
 // ---- the real server -------------------------------------------------------------------

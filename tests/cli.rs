@@ -117,3 +117,86 @@ fn help_lists_env_vars_and_defaults() {
         );
     }
 }
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Start `serve` with `args` and `env`; the port it answers `/healthz` on, among `ports`.
+fn serving_port(args: &[String], env: &[(&str, String)], ports: &[u16]) -> u16 {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_invalidator"));
+    cmd.arg("serve").args(args);
+    for k in [
+        "INVALIDATOR_LISTEN",
+        "INVALIDATOR_DATA_DIR",
+        "INVALIDATOR_CONFIG",
+        "INVALIDATOR_NODE_ID",
+    ] {
+        cmd.env_remove(k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let found = (0..200).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        ports
+            .iter()
+            .copied()
+            .find(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    found.expect("the server listens on one of the expected ports")
+}
+
+/// Every option resolves as flag > environment > config file > default (the file's `listen`
+/// and `data_dir` used to be ignored because the flags carried defaults).
+#[test]
+fn options_resolve_flag_then_env_then_file_then_default() {
+    let dir = common::fresh_dir("precedence");
+    let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    let file_dir = dir.join("from-file");
+    let toml = dir.join("config.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "listen = \"127.0.0.1:{file_port}\"\ndata_dir = \"{}\"\nshutdown_timeout_secs = 3\n",
+            file_dir.display()
+        ),
+    )
+    .expect("write config");
+    let ports = [file_port, env_port, flag_port];
+    let config = vec!["--config".to_string(), toml.display().to_string()];
+    assert_eq!(
+        serving_port(&config, &[], &ports),
+        file_port,
+        "file over default"
+    );
+    assert!(file_dir.join("seq").exists(), "the file's data_dir is used");
+    let env = [("INVALIDATOR_LISTEN", format!("127.0.0.1:{env_port}"))];
+    assert_eq!(
+        serving_port(&config, &env, &ports),
+        env_port,
+        "env over file"
+    );
+    let mut flags = config.clone();
+    flags.extend(["--listen".to_string(), format!("127.0.0.1:{flag_port}")]);
+    assert_eq!(
+        serving_port(&flags, &env, &ports),
+        flag_port,
+        "flag over env"
+    );
+    let env_dir = dir.join("from-env");
+    let env = [("INVALIDATOR_DATA_DIR", env_dir.display().to_string())];
+    serving_port(&config, &env, &ports);
+    assert!(env_dir.join("seq").exists(), "env data_dir over the file's");
+}

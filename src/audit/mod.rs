@@ -179,9 +179,9 @@ pub struct AuditPipeline {
     pusher: Arc<OnceLock<Pusher>>,
     wait: Duration,
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
+    /// Set to the drain deadline when the pipeline stops.
+    stop: watch::Sender<Option<tokio::time::Instant>>,
     done: watch::Receiver<bool>,
-    shutdown_timeout: Duration,
     push_after_durable: bool,
 }
 
@@ -272,7 +272,7 @@ impl AuditPipeline {
             batch_sizes: LatencyHistogram::new(),
             checkpoint,
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(false);
         let w = writer::Writer::new(
             shared.clone(),
@@ -282,8 +282,7 @@ impl AuditPipeline {
             stop_rx,
             done_tx,
         );
-        // The writer gets most of the shutdown budget; the rest is for the caller.
-        tokio::spawn(w.run(config.shutdown_timeout.mul_f64(0.8)));
+        tokio::spawn(w.run());
         Ok(Arc::new(AuditPipeline {
             tx,
             wal,
@@ -292,7 +291,6 @@ impl AuditPipeline {
             shared,
             stop: stop_tx,
             done: done_rx,
-            shutdown_timeout: config.shutdown_timeout,
             push_after_durable: config.audit.push_after_durable,
         }))
     }
@@ -452,16 +450,18 @@ impl AuditPipeline {
 
     /// Stop the log thread (after writing what is queued), then let the writer move what the
     /// log holds into the store while the budget lasts; the rest stays in the log for the next
-    /// start. Waits at most the config's `shutdown_timeout`; idempotent.
-    pub async fn shutdown(&self) {
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+    /// start. Returns by `deadline`; idempotent.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) {
         if tokio::time::timeout_at(deadline, self.tx.send(WalMsg::Stop))
             .await
             .is_ok()
         {
             let _ = tokio::time::timeout_at(deadline, self.wal.join()).await;
         }
-        let _ = self.stop.send(true);
+        // The writer stops a little before the deadline, so its last checkpoint is written.
+        let now = tokio::time::Instant::now();
+        let writer_deadline = now + deadline.saturating_duration_since(now).mul_f64(0.9);
+        let _ = self.stop.send(Some(writer_deadline));
         let mut done = self.done.clone();
         let _ = tokio::time::timeout_at(deadline, done.wait_for(|d| *d)).await;
     }

@@ -47,7 +47,8 @@ pub struct Writer {
     reader: Option<WalReader>,
     target: StoreTarget,
     cfg: AuditConfig,
-    stop: watch::Receiver<bool>,
+    /// The drain deadline, once stopped.
+    stop: watch::Receiver<Option<tokio::time::Instant>>,
     done: watch::Sender<bool>,
     /// Log position that existed at start-up: rows before it are written as replays.
     replay_until: Position,
@@ -66,7 +67,7 @@ impl Writer {
         wal: Arc<WalShared>,
         target: StoreTarget,
         cfg: AuditConfig,
-        stop: watch::Receiver<bool>,
+        stop: watch::Receiver<Option<tokio::time::Instant>>,
         done: watch::Sender<bool>,
     ) -> Writer {
         let healthy = shared.store.load().is_some();
@@ -92,22 +93,26 @@ impl Writer {
         }
     }
 
-    /// Run until stopped, then drain within `budget` (measured from the stop).
-    pub async fn run(mut self, budget: Duration) {
+    /// Run until stopped, then drain until the deadline the stop carries.
+    pub async fn run(mut self) {
         let mut tick = tokio::time::interval(Duration::from_millis(self.cfg.flush_ms.max(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.probe_done() {
                 // Write whole batches while the log has them (a backlog drains at full speed).
                 while self.write_next().await == Progress::Wrote {
-                    if *self.stop.borrow() {
+                    if self.stop.borrow().is_some() {
                         break;
                     }
                 }
             }
             tokio::select! {
                 biased;
-                _ = self.stop.changed() => break,
+                _ = self.stop.changed() => {
+                    if self.stop.borrow().is_some() {
+                        break;
+                    }
+                }
                 _ = self.wal.appended_notify.notified() => {
                     // Let a group or two more arrive: one store write per flush window.
                     tokio::time::sleep(Duration::from_millis(self.cfg.flush_ms.min(5))).await;
@@ -115,7 +120,9 @@ impl Writer {
                 _ = tick.tick() => {}
             }
         }
-        self.drain(Instant::now() + budget).await;
+        let deadline =
+            (*self.stop.borrow()).map_or_else(Instant::now, tokio::time::Instant::into_std);
+        self.drain(deadline).await;
     }
 
     /// Shutdown: write what the log holds while the store takes it and time remains; what is
