@@ -119,6 +119,13 @@ export function subscriber(data) {
   const ws = new WebSocket(wsUrl(), null, wsParams({ name: 'GET /ws' }));
   const closeTimer = setTimeout(() => ws.close(), HOLD_S * 1000);
 
+  // Subscribe as soon as the socket is open rather than on `hello`: k6's WebSocket client has
+  // been seen to lose a connection's very first frame under a burst of connects (a raw client
+  // always gets `hello` first), and the server accepts operations before it.
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ op: 'subscribe', id: 'sub', patterns: [`${prefix}*`] }));
+  };
+
   ws.onmessage = (e) => {
     const now = Date.now();
     let m;
@@ -128,9 +135,7 @@ export function subscriber(data) {
       wsErrors.add(1);
       return;
     }
-    if (m.type === 'hello') {
-      ws.send(JSON.stringify({ op: 'subscribe', id: 'sub', patterns: [`${prefix}*`] }));
-    } else if (m.type === 'subscribed') {
+    if (m.type === 'subscribed') {
       subscribed.add(1);
     } else if (m.type === 'invalidate') {
       if (typeof m.seq === 'number') {
