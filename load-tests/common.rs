@@ -11,6 +11,13 @@ use serde_json::{Value, json};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A random tag of this generator run: request ids `lg-<run>-...` are fresh across runs too,
+/// as users send them (a stale id would be answered as a duplicate, from memory).
+pub fn run_id() -> &'static str {
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| format!("{:016x}", fastrand::u64(..)))
+}
+
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))

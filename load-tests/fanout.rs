@@ -98,7 +98,8 @@ fn event_index(text: &str) -> Option<usize> {
 
 fn body(index: u64) -> String {
     let key = format!("fanout:{index}:{}", "p".repeat(96));
-    json!({"keys": [key], "triggered_by": "load-generator/fanout-scenario", "request_id": null})
+    let request_id = format!("lg-{}-fanout-{index}", super::common::run_id());
+    json!({"keys": [key], "triggered_by": "load-generator/fanout-scenario", "request_id": request_id})
         .to_string()
 }
 

@@ -29,6 +29,10 @@ pub struct KeysArgs {
     /// Keys per request.
     #[arg(long, default_value_t = 2)]
     keys_per_request: usize,
+    /// Send no `request_id` (the server generates one). By default every request carries a
+    /// fresh one, as users send them.
+    #[arg(long)]
+    no_request_id: bool,
     /// Bearer token.
     #[arg(long, env = "INVALIDATOR_TOKEN")]
     token: Option<String>,
@@ -42,7 +46,7 @@ pub struct KeysArgs {
 
 /// A ~200-byte body with distinct keys (formatted by hand: the generator shares the CPU with
 /// the server, so it keeps its own cost small).
-fn body(conn: usize, n: u64, keys: usize) -> String {
+fn body(conn: usize, n: u64, keys: usize, request_id: bool) -> String {
     use std::fmt::Write;
     let mut b = String::with_capacity(256);
     b.push_str("{\"keys\": [");
@@ -52,7 +56,15 @@ fn body(conn: usize, n: u64, keys: usize) -> String {
         }
         let _ = write!(b, "\"user:{conn}:{n}:{k}:profile-settings-v2\"");
     }
-    b.push_str("], \"triggered_by\": \"load-generator/keys-scenario\"}");
+    b.push_str("], \"triggered_by\": \"load-generator/keys-scenario\"");
+    if request_id {
+        let _ = write!(
+            b,
+            ", \"request_id\": \"lg-{}-{conn}-{n}\"",
+            super::common::run_id()
+        );
+    }
+    b.push('}');
     b
 }
 
@@ -73,6 +85,7 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
     for (conn, mut client) in clients.into_iter().enumerate() {
         let (done, errors, token) = (done.clone(), errors.clone(), a.token.clone());
         let keys = a.keys_per_request;
+        let with_id = !a.no_request_id;
         // Per-connection interval of an open-loop run; connections start staggered.
         let interval =
             (a.rate > 0).then(|| Duration::from_secs_f64(a.connections as f64 / a.rate as f64));
@@ -81,7 +94,7 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
             let mut h = histogram();
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let b = body(conn, n, keys);
+                let b = body(conn, n, keys, with_id);
                 if let (Some(i), Some(o)) = (interval, offset) {
                     tokio::time::sleep_until((start + o + i.mul_f64(n as f64)).into()).await;
                 }
@@ -118,8 +131,13 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
         0 => "closed loop".to_string(),
         r => format!("open loop at {r} req/s"),
     };
+    let ids = if a.no_request_id {
+        "no request_id"
+    } else {
+        "a fresh request_id each"
+    };
     println!(
-        "scenario keys: {} connections, {:.1} s, {} keys/request, {mode}",
+        "scenario keys: {} connections, {:.1} s, {} keys/request, {ids}, {mode}",
         a.connections, elapsed, a.keys_per_request
     );
     println!(
@@ -136,6 +154,7 @@ pub async fn run(a: KeysArgs) -> Result<(), BoxError> {
     }
     if let Some(path) = a.json {
         let v = json!({"scenario": "keys", "connections": a.connections, "target_rate": a.rate, "seconds": elapsed,
+            "request_ids": !a.no_request_id,
             "requests": ok, "errors": errors.load(Ordering::Relaxed), "per_second": ok as f64 / elapsed,
             "latency_us": summary(&total), "server_cpu_seconds": cpu});
         std::fs::write(path, serde_json::to_string_pretty(&v)?)?;

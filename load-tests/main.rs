@@ -4,10 +4,13 @@
 //! Scenarios:
 //! * `keys`: C connections driving `POST /invalidate/key` as fast as the server answers.
 //! * `fanout`: N WebSocket subscribers on one interest, a publisher, latency to the last one.
+//! * `chaos`: kill -9, PostgreSQL and NATS restarts, a node killed for good, against the real
+//!   binary; counts acknowledged invalidations against audit rows (`chaos.rs`).
 //! * `bench-fanout`, `bench-patterns`: the comparison with Redis pub/sub and nats-server
 //!   (`bench.rs`, clients in `peers/`), driven by `scripts/bench-peers.sh`.
 
 mod bench;
+mod chaos;
 mod common;
 mod fanout;
 mod keys;
@@ -38,6 +41,8 @@ enum Scenario {
     BenchFanout(bench::FanoutArgs),
     /// S subscribers holding M prefix patterns, each publish reaching one: any system.
     BenchPatterns(bench::PatternsArgs),
+    /// Faults against the real binary; exits non-zero on any lost or duplicated record.
+    Chaos(chaos::ChaosArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +64,7 @@ fn main() -> std::process::ExitCode {
             Scenario::Fanout(a) => fanout::run(a).await,
             Scenario::BenchFanout(a) => bench::run_fanout(a).await,
             Scenario::BenchPatterns(a) => bench::run_patterns(a).await,
+            Scenario::Chaos(a) => chaos::run(a).await,
         }
     });
     match result {

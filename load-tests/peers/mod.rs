@@ -158,11 +158,13 @@ pub fn key(index: u64, route: Route) -> String {
     }
 }
 
-/// The body we POST to our server for event `index`.
+/// The body we POST to our server for event `index`, with a fresh `request_id` (as users
+/// send them: every published figure pays for idempotency).
 pub fn post_body(index: u64, route: Route) -> String {
+    let key = key(index, route);
     format!(
-        "{{\"keys\":[\"{}\"],\"triggered_by\":\"bench\"}}",
-        key(index, route)
+        "{{\"keys\":[\"{key}\"],\"triggered_by\":\"bench\",\"request_id\":\"lg-{}-{key}\"}}",
+        crate::common::run_id()
     )
 }
 

@@ -318,6 +318,14 @@ impl Cluster {
                 continue;
             }
             if seq > last + 1 {
+                if still_stored(&s, last + 1).await? {
+                    // The consumer skipped messages the stream still holds (it happens across
+                    // a NATS restart): start again right after the last one delivered.
+                    return Err(format!(
+                        "ordered consumer jumped from {last} to {seq} over stored messages"
+                    )
+                    .into());
+                }
                 // Messages between were removed (limits, a purge) before we delivered them.
                 tracing::warn!(
                     expected = last + 1,
@@ -437,6 +445,27 @@ impl Cluster {
             m.ack().await?;
         }
         Ok(messages.len())
+    }
+}
+
+/// Is the message at `seq` still in the stream? (An error other than "no such message" is an
+/// error: the caller retries instead of declaring a gap it cannot prove.)
+async fn still_stored(
+    s: &stream::Stream,
+    seq: u64,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind as Kind;
+    match s.get_raw_message(seq).await {
+        Ok(_) => Ok(true),
+        Err(e) => match e.kind() {
+            Kind::NoMessageFound => Ok(false),
+            Kind::JetStream(j)
+                if j.error_code() == async_nats::jetstream::ErrorCode::NO_MESSAGE_FOUND =>
+            {
+                Ok(false)
+            }
+            _ => Err(Box::new(e)),
+        },
     }
 }
 
