@@ -330,7 +330,7 @@
     }
     tr.append(what);
     tr.append(el('td', { text: text(ev.triggered_by) }));
-    const rid = el('td', { class: 'rid' });
+    const rid = el('td', { class: 'rid', title: text(ev.request_id) });
     if (ev.request_id) {
       rid.append(el('a', {
         href: '#audit-panel', text: text(ev.request_id), title: 'Search the audit log for this request id',
@@ -829,7 +829,7 @@
       tr.append(el('td', { class: 'num', text: r.matched_count === undefined ? '' : text(r.matched_count) }));
       tr.append(el('td', { text: text(r.triggered_by) }));
       tr.append(el('td', { class: 'muted', text: text(r.token_name) }));
-      tr.append(el('td', { class: 'rid', text: text(r.request_id) }));
+      tr.append(el('td', { class: 'rid', text: text(r.request_id), title: text(r.request_id) }));
       tr.append(el('td', { class: 'num', text: num(r.latency_us) !== null ? fmtInt(r.latency_us) : text(r.latency) }));
       tr.append(el('td', {}, r.soft === true ? el('span', { class: 'tag soft', text: 'soft' }) : ''));
       tr.append(el('td', { class: 'muted', text: text(r.node_id) }));

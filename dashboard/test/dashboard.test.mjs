@@ -201,7 +201,7 @@ async function main() {
         const want = CONTENT_TYPES[path.extname(f)].split(';')[0];
         assert(ct.startsWith(want), `GET /dashboard/${f} content-type ${ct} should be ${want}`);
         const body = Buffer.from(await r.arrayBuffer());
-        assert(body.equals(fs.readFileSync(path.join(dashDir, f))), `/dashboard/${f} is byte-identical to dashboard/${f}`);
+        assert(body.equals(fs.readFileSync(path.join(dashDir, f))), `/dashboard/${f} is byte-identical to dashboard/${f} (a binary built before the last change to dashboard/?)`);
       }
       const idx = await fetch(`${base}/dashboard`);
       eq(idx.status, 200, 'GET /dashboard');
