@@ -591,6 +591,12 @@ async function main() {
     for (const s of sites) await s.close().catch(() => {});
     await browser.close().catch(() => {});
     for (const s of servers) await s.stop().catch(() => {});
+    const dirs = [...new Set(servers.map((s) => s.dir))];
+    if (failed === 0) {
+      for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+    } else {
+      for (const d of dirs) console.log(`server data and log kept: ${d}`);
+    }
   }
 }
 
