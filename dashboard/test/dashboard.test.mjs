@@ -262,6 +262,27 @@ async function main() {
       assert((await row.textContent()).includes('prefix'), 'pattern type shown');
     });
 
+    {
+      // Soft invalidation (SPEC "Soft invalidation") is checked once the server reports it.
+      const ks = `dash:${RUN_ID}:soft`;
+      const rs = await post(server.url, '/invalidate/key', { keys: [ks], triggered_by: 'dashboard-test', soft: true });
+      if (rs.soft === true) {
+        await check('a soft invalidation is marked soft in the live list and the audit', async () => {
+          const row = await waitEventRow(page, ks, 1000);
+          assert((await row.getAttribute('class')).includes('soft'), 'row marked soft');
+          eq(await row.locator('.tag.soft').count(), 1, 'soft badge');
+          await page.click('[data-testid="audit-reset"]');
+          await page.fill('[data-testid="audit-key"]', ks);
+          eq(await auditSearchUntilRows(page, 1, 5000), 1, 'audit row');
+          eq(await page.locator('[data-testid="audit-row"] .tag.soft').count(), 1, 'audit row marked soft');
+          await page.fill('[data-testid="audit-key"]', '');
+        });
+      } else {
+        await waitEventRow(page, ks, 1000);
+        console.log('  skip soft invalidation: the server does not report `soft` yet (not counted)');
+      }
+    }
+
     await check('pause holds new events back; resume shows them', async () => {
       await page.click('[data-testid="pause-button"]');
       eq(await page.getAttribute('[data-testid="pause-button"]', 'aria-pressed'), 'true', 'pressed');
