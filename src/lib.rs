@@ -17,7 +17,7 @@
 //!   publish::Publisher ──────► fanout::Hub ── route ──► per-connection lock-free queues
 //!        │   │    (seq order)        │                         │
 //!        │   │                  history ring (resume)     ws writer tasks (batched frames)
-//!        │   └─► audit::AuditPipeline (bounded channel → batched COPY / SQLite, spool)
+//!        │   └─► audit::AuditPipeline (write-ahead log, group commit → batched COPY / SQLite)
 //!        └─────► cluster (NATS JetStream, when configured)
 //! ```
 //!

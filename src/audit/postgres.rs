@@ -6,7 +6,7 @@
 //!   makes a COPY containing an already-stored request fail as a whole (SQLSTATE 23505) and
 //!   insert nothing, and the writer then retries the same batch on the replay path. So a
 //!   duplicate can cost a retry, never a second row.
-//! - **Replay path** ([`WriteMode::Replay`], used for retries, spool replays and the fallback
+//! - **Replay path** ([`WriteMode::Replay`], used for retries, log replays and the fallback
 //!   above): COPY into a per-connection temp table, then `INSERT ... SELECT ... ON CONFLICT
 //!   (scope, request_id) DO NOTHING`, so a batch that may be partly in lands exactly once.
 //!
@@ -67,7 +67,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 impl PgStore {
     /// Connect and run the embedded migrations. Fails fast (`connect_timeout`) when the
-    /// server is unreachable so the caller can fall back to the spool.
+    /// server is unreachable so records wait in the write-ahead log instead.
     pub async fn connect(url: &str, connect_timeout: Duration) -> Result<PgStore, AuditError> {
         let options: PgConnectOptions = url.parse().map_err(store_err)?;
         let pool = PgPoolOptions::new()

@@ -1,8 +1,8 @@
-//! The flat, owned form of one audit row, shared by both stores and the spool.
+//! The flat, owned form of one audit row, shared by both stores and the write-ahead log.
 //!
 //! An [`AuditRecord`] borrows its invalidation through an `Arc` so the
 //! request path never copies keys; the writer flattens it into an [`AuditRow`] off the
-//! request path, once per record. The same struct is what the spool frames (as JSON), so a
+//! request path, once per record. The same struct is what the write-ahead log frames (as JSON), so a
 //! record replayed from disk is byte-for-byte the row that would have been written.
 //!
 //! Invariant: strings in an `AuditRow` contain no NUL character. PostgreSQL rejects NUL in

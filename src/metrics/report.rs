@@ -24,6 +24,22 @@ pub struct Snapshot<'a> {
 }
 
 impl Snapshot<'_> {
+    /// Refusals by the limit that caused them (SPEC: every refusal counted under `limits`).
+    /// Reasons counted so far: a token's rate limit (429), a body over its byte limit (413),
+    /// a slow consumer closed with 4008, and a full audit pipeline or write-ahead log failure
+    /// (the 503s of the audit path are in `rejected_by_code` under `unavailable`).
+    pub fn limits(&self) -> Vec<(&'static str, u64)> {
+        let r = &self.metrics.requests;
+        vec![
+            ("rate_limited", r.rejected_by(ErrorCode::RateLimited)),
+            (
+                "payload_too_large",
+                r.rejected_by(ErrorCode::PayloadTooLarge),
+            ),
+            ("slow_consumer", self.hub.slow_consumer_closes),
+        ]
+    }
+
     pub fn to_json(&self) -> Value {
         let r = &self.metrics.requests;
         let by_type: serde_json::Map<String, Value> = PatternType::ALL
@@ -73,6 +89,7 @@ impl Snapshot<'_> {
             "pattern_cache": self.patterns,
             "audit": self.audit,
             "idempotency": self.idempotency,
+            "limits": self.limits().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
         })
     }
 }
@@ -170,6 +187,18 @@ pub fn prometheus_text(s: &Snapshot<'_>) -> String {
         "counter",
         "Requests answered with an error, by code.",
         &rejected,
+    );
+    let limits: Vec<(String, f64)> = s
+        .limits()
+        .into_iter()
+        .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n as f64))
+        .collect();
+    metric(
+        &mut out,
+        "invalidator_limits_refused_total",
+        "counter",
+        "Requests and connections refused or closed by a configured limit, by reason.",
+        &limits,
     );
     metric(
         &mut out,
