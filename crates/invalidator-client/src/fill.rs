@@ -119,6 +119,11 @@ impl FillGuard {
         self.state.lock().inflight.clear();
     }
 
+    /// Is a fill of `key` in progress?
+    pub fn contains(&self, key: &str) -> bool {
+        self.state.lock().inflight.contains_key(key)
+    }
+
     /// Fills in progress.
     pub fn len(&self) -> usize {
         self.state.lock().inflight.values().map(Vec::len).sum()

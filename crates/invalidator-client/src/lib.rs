@@ -2,104 +2,57 @@
 //!
 //! A [`CacheClient`] owns one background task holding one WebSocket connection. It
 //! subscribes to the configured patterns, applies every `invalidate` event to a
-//! [`LocalCache`], tracks the keys the application fills (one-shot, as the server does), and on
-//! any disconnect (network, server restart, a 4008 slow-consumer close) reconnects with
+//! [`LocalCache`] (by default a bounded [`BoundedCache`]), tracks the keys the application
+//! fills (one-shot, as the server does), and on any disconnect (network, server restart, a
+//! 4008 slow-consumer close, a silent server) reconnects after a full-jitter exponential
 //! backoff and `resume`s from the last position it has fully applied: it re-subscribes and
-//! re-tracks every key it still holds first, so the replay covers exactly what it missed. A
-//! `reset` (history gap, epoch change) clears the local cache: the only safe answer when
-//! events may have been lost.
+//! re-tracks every key it still holds (with its tags) first, so the replay covers exactly
+//! what it missed. A `reset` (history gap, epoch change) clears the local cache: the only
+//! safe answer when events may have been lost.
 //!
-//! Fills go through the [`fill`] guard: [`CacheClient::begin_fill`] registers the key (and tracks
-//! it on the server) before the application reads the source of truth, and
+//! Fills go through the [`fill`] guard: [`CacheClient::begin_fill`] registers the key (and
+//! tracks it on the server) before the application reads the source of truth, and
 //! [`CacheClient::complete_fill`] stores the value only if no invalidation of the key arrived
-//! meanwhile.
+//! meanwhile. [`CacheClient::get_or_fill`] does both, one load per key at a time.
+//!
+//! Events:
+//! - keys: the event's `keys` are dropped;
+//! - pattern: also every cached key the pattern matches (the cache may hold keys the server
+//!   does not know about);
+//! - tags: also every held key carrying one of the event's `tags`;
+//! - `"soft": true`: the same keys are marked stale instead of dropped; [`CacheClient::get`]
+//!   serves a stale entry for up to [`ClientOptions::max_staleness`], and
+//!   [`CacheClient::get_or_fill`] serves it while exactly one refetch runs.
 //!
 //! Position rule: the position (epoch, seq) advances on events, heartbeats and pongs, but not
 //! while a `resume` is in flight: replayed events arrive then, and a disconnect mid-replay
 //! must resume from the old position again.
 
+mod backoff;
+mod cache;
+mod engine;
 pub mod fill;
+mod flight;
+mod held;
+mod session;
 
 pub use invalidator_core::pattern;
 
-use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use parking_lot::Mutex;
-use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use invalidator_core::pattern::{Pattern, PatternLimits, PatternType};
+use invalidator_core::pattern::PatternType;
 
+pub use backoff::Backoff;
+pub use cache::{BoundedCache, Cached, EvictionListener, LocalCache, MapCache};
 pub use fill::{FillGuard, FillToken};
 
-/// The application's local cache, as the client sees it.
-pub trait LocalCache: Send + Sync + 'static {
-    type Value: Send;
-    /// Store a value (called by [`CacheClient::complete_fill`] only).
-    fn insert(&self, key: &str, value: Self::Value);
-    fn invalidate(&self, key: &str);
-    /// Drop every entry whose key `pattern` matches.
-    fn invalidate_pattern(&self, pattern: &Pattern);
-    /// Drop everything (after a `reset`).
-    fn clear(&self);
-}
-
-/// A `HashMap` behind a mutex: the simplest [`LocalCache`].
-pub struct MapCache<V> {
-    map: Mutex<HashMap<String, V>>,
-}
-
-impl<V> Default for MapCache<V> {
-    fn default() -> Self {
-        MapCache {
-            map: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl<V: Clone> MapCache<V> {
-    pub fn get(&self, key: &str) -> Option<V> {
-        self.map.lock().get(key).cloned()
-    }
-}
-
-impl<V> MapCache<V> {
-    pub fn len(&self) -> usize {
-        self.map.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.map.lock().contains_key(key)
-    }
-}
-
-impl<V: Send + 'static> LocalCache for MapCache<V> {
-    type Value = V;
-    fn insert(&self, key: &str, value: V) {
-        self.map.lock().insert(key.to_string(), value);
-    }
-    fn invalidate(&self, key: &str) {
-        self.map.lock().remove(key);
-    }
-    fn invalidate_pattern(&self, pattern: &Pattern) {
-        self.map.lock().retain(|k, _| !pattern.is_match(k));
-    }
-    fn clear(&self) {
-        self.map.lock().clear();
-    }
-}
+use engine::Shared;
+use flight::Join;
+use session::{Command, Inbox, Session};
 
 /// Connection settings.
 #[derive(Debug, Clone)]
@@ -110,11 +63,19 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// Patterns to subscribe to: (pattern, explicit type or inferred).
     pub subscriptions: Vec<(String, Option<PatternType>)>,
-    /// First reconnect delay; doubles up to `reconnect_max`.
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-    /// How long an operation waits for the server's reply.
+    /// Reconnect backoff: the n-th consecutive attempt waits a random delay in
+    /// `[0, min(reconnect_cap, reconnect_base · 2^n)]`; a successful connect starts over.
+    pub reconnect_base: Duration,
+    pub reconnect_cap: Duration,
+    /// How long an operation (and a connect) waits for the server's reply.
     pub request_timeout: Duration,
+    /// How long a soft-invalidated entry may still be served. Zero: soft events drop
+    /// entries like hard ones.
+    pub max_staleness: Duration,
+    /// Send a `ping` after this long without a frame (zero: no watchdog)...
+    pub ping_interval: Duration,
+    /// ...and replace the connection after this long without one (a half-open link).
+    pub idle_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -123,9 +84,12 @@ impl ClientOptions {
             url: url.into(),
             token: None,
             subscriptions: Vec::new(),
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(5),
+            reconnect_base: Duration::from_millis(100),
+            reconnect_cap: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            max_staleness: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(45),
         }
     }
 
@@ -136,6 +100,30 @@ impl ClientOptions {
 
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Reconnect backoff base and cap.
+    pub fn reconnect_backoff(mut self, base: Duration, cap: Duration) -> Self {
+        self.reconnect_base = base;
+        self.reconnect_cap = cap;
+        self
+    }
+
+    pub fn max_staleness(mut self, max: Duration) -> Self {
+        self.max_staleness = max;
+        self
+    }
+
+    pub fn request_timeout(mut self, within: Duration) -> Self {
+        self.request_timeout = within;
+        self
+    }
+
+    /// Watchdog: ping after `ping` of silence, reconnect after `idle` (zero `ping`: off).
+    pub fn watchdog(mut self, ping: Duration, idle: Duration) -> Self {
+        self.ping_interval = ping;
+        self.idle_timeout = idle;
         self
     }
 }
@@ -155,6 +143,17 @@ pub enum ClientError {
     Closed,
 }
 
+/// Why [`CacheClient::get_or_fill`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FillError<E> {
+    /// The loader failed.
+    #[error("loading the value failed: {0}")]
+    Load(E),
+    /// The key could not be tracked (the server refused it, or the client shut down).
+    #[error(transparent)]
+    Client(ClientError),
+}
+
 /// Where the client stands, published on a watch channel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Status {
@@ -162,6 +161,8 @@ pub struct Status {
     pub epoch: Option<String>,
     pub seq: u64,
     pub connected: bool,
+    /// A `resume` is in flight (replayed events are arriving).
+    pub resuming: bool,
     /// Sessions established so far (1 after the first connect).
     pub sessions: u64,
     /// `reset`s received (each cleared the cache).
@@ -172,64 +173,136 @@ pub struct Status {
     pub events: u64,
 }
 
-enum Command {
-    Track(Vec<String>, oneshot::Sender<Result<usize, ClientError>>),
-    Untrack(Vec<String>, oneshot::Sender<Result<usize, ClientError>>),
-    Disconnect,
-    Reconnect,
-    Shutdown,
+/// One applied `invalidate` event, as [`CacheClient::events`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalidation {
+    pub seq: u64,
+    pub request_id: Option<String>,
+    /// The keys dropped (or marked stale): the event's keys, then the held keys carrying one
+    /// of its tags. A pattern event also covers every cached key its pattern matches.
+    pub keys: Vec<String>,
+    pub pattern: Option<String>,
+    pub pattern_type: Option<PatternType>,
+    pub tags: Vec<String>,
+    pub soft: bool,
+    /// The pattern could not be compiled, so the whole cache was cleared.
+    pub cleared: bool,
+    /// Delivered by a `resume` replay.
+    pub replayed: bool,
 }
 
-struct Shared<C: LocalCache> {
-    cache: Arc<C>,
-    fills: Arc<FillGuard>,
-    /// Keys tracked on the server on our behalf: re-tracked after a reconnect.
-    held: Mutex<HashSet<String>>,
-    status: watch::Sender<Status>,
-    opts: ClientOptions,
+/// What happened on the connection (see [`CacheClient::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// A session opened (`session` counts from 1); `resuming` when a `resume` was sent.
+    Connected {
+        session: u64,
+        epoch: String,
+        resuming: bool,
+    },
+    /// The `resume` replayed `replayed` events; the position is now `seq`.
+    Resumed {
+        replayed: u64,
+        seq: u64,
+    },
+    /// The server could not resume (or asked for a reset): the local cache was cleared.
+    Reset {
+        reason: String,
+    },
+    Invalidated(Invalidation),
+    /// The connection ended (a reconnect follows unless [`CacheClient::disconnect`]ed).
+    Disconnected,
+}
+
+/// What the API and spawned refetches share with the connection task.
+struct Handle<C: LocalCache> {
+    shared: Arc<Shared<C>>,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl<C: LocalCache> Clone for Handle<C> {
+    fn clone(&self) -> Self {
+        Handle {
+            shared: self.shared.clone(),
+            commands: self.commands.clone(),
+        }
+    }
 }
 
 /// A connected cache manager. Dropping it stops the background task.
 pub struct CacheClient<C: LocalCache> {
-    shared: Arc<Shared<C>>,
-    commands: mpsc::UnboundedSender<Command>,
+    handle: Handle<C>,
     status: watch::Receiver<Status>,
 }
 
 impl<C: LocalCache> Drop for CacheClient<C> {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Shutdown);
+        let _ = self.handle.commands.send(Command::Shutdown);
+    }
+}
+
+/// A cache read, with the staleness limit applied.
+enum Read<V> {
+    Fresh(V),
+    /// Soft-invalidated, within the staleness limit.
+    Stale(V),
+    /// Absent, or stale for longer than the limit.
+    Miss,
+}
+
+fn classify<V>(entry: Option<Cached<V>>, now: Instant, max_staleness: Duration) -> Read<V> {
+    match entry {
+        None => Read::Miss,
+        Some(Cached {
+            value,
+            stale_since: None,
+        }) => Read::Fresh(value),
+        Some(Cached {
+            value,
+            stale_since: Some(t),
+        }) => {
+            if now.saturating_duration_since(t) <= max_staleness {
+                Read::Stale(value)
+            } else {
+                Read::Miss
+            }
+        }
     }
 }
 
 impl<C: LocalCache> CacheClient<C> {
     /// Connect, subscribe, and keep `cache` coherent from now on. Fails if the first
     /// connection cannot be made; later disconnects are retried forever.
+    ///
+    /// One client per cache: the client registers itself as the cache's eviction listener.
     pub async fn connect(opts: ClientOptions, cache: Arc<C>) -> Result<Self, ClientError> {
-        let (status_tx, status) = watch::channel(Status::default());
-        let shared = Arc::new(Shared {
-            cache,
-            fills: FillGuard::new(),
-            held: Mutex::new(HashSet::new()),
-            status: status_tx,
-            opts,
-        });
+        let shared = Arc::new(Shared::new(opts, cache));
+        let (evict_tx, evictions) = mpsc::unbounded_channel();
+        shared
+            .cache
+            .set_eviction_listener(Arc::new(move |key: &str| {
+                let _ = evict_tx.send(key.to_string());
+            }));
         let (commands, rx) = mpsc::unbounded_channel();
         let first = Session::open(&shared).await?;
-        tokio::spawn(run(shared.clone(), rx, first));
-        let client = CacheClient {
-            shared,
-            commands,
-            status,
+        let status = shared.status.subscribe();
+        let inbox = Inbox {
+            commands: rx,
+            evictions,
         };
-        client
-            .wait_until(|s| s.connected, client.shared.opts.request_timeout)
-            .await;
-        Ok(client)
+        tokio::spawn(session::run(shared.clone(), inbox, first));
+        Ok(CacheClient {
+            handle: Handle { shared, commands },
+            status,
+        })
     }
 
     pub fn cache(&self) -> &Arc<C> {
-        &self.shared.cache
+        &self.handle.shared.cache
+    }
+
+    pub fn options(&self) -> &ClientOptions {
+        &self.handle.shared.opts
     }
 
     pub fn status(&self) -> Status {
@@ -244,23 +317,43 @@ impl<C: LocalCache> CacheClient<C> {
             .is_ok_and(|r| r.is_ok())
     }
 
+    /// Connection and invalidation events from now on. A receiver that falls more than
+    /// 1,024 events behind loses the oldest ones (`RecvError::Lagged`); the cache itself is
+    /// never affected.
+    pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
+        self.handle.shared.events.subscribe()
+    }
+
     /// Tell the server this client holds `keys` (one-shot tracking). Returns the count the
     /// server now tracks for this connection.
     pub async fn track(&self, keys: &[&str]) -> Result<usize, ClientError> {
-        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        self.shared.held.lock().extend(keys.iter().cloned());
-        self.call(|tx| Command::Track(keys, tx)).await
+        self.handle.track(keys, &[]).await
+    }
+
+    /// [`track`](Self::track) with tags: a tag invalidation of any of `tags` drops these keys.
+    /// Tags add up: a key tracked twice with different tags carries both sets.
+    pub async fn track_tagged(&self, keys: &[&str], tags: &[&str]) -> Result<usize, ClientError> {
+        self.handle.track(keys, tags).await
     }
 
     pub async fn untrack(&self, keys: &[&str]) -> Result<usize, ClientError> {
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
         {
-            let mut held = self.shared.held.lock();
+            let mut held = self.handle.shared.held.lock();
             for k in &keys {
                 held.remove(k);
             }
         }
-        self.call(|tx| Command::Untrack(keys, tx)).await
+        self.handle
+            .call(|reply| Command::Untrack { keys, reply })
+            .await
+    }
+
+    /// The tags a held key carries, or None when the key is not held (not cached, not being
+    /// filled, or invalidated since).
+    pub fn tags_of(&self, key: &str) -> Option<Vec<String>> {
+        let held = self.handle.shared.held.lock();
+        held.contains(key).then(|| held.tags(key))
     }
 
     /// Start filling `key`: registers the fill and tracks the key on the server, then
@@ -268,29 +361,183 @@ impl<C: LocalCache> CacheClient<C> {
     /// [`complete_fill`](Self::complete_fill). While disconnected the key is tracked at the
     /// reconnect, before the resume, so a missed invalidation still voids the token.
     pub async fn begin_fill(&self, key: &str) -> Result<FillToken, ClientError> {
+        self.handle.begin_fill(key, &[]).await
+    }
+
+    /// [`begin_fill`](Self::begin_fill) with tags (see [`track_tagged`](Self::track_tagged)).
+    pub async fn begin_fill_tagged(
+        &self,
+        key: &str,
+        tags: &[&str],
+    ) -> Result<FillToken, ClientError> {
+        self.handle.begin_fill(key, tags).await
+    }
+
+    /// Store `value` unless `token`'s key was invalidated since `begin_fill`.
+    pub fn complete_fill(&self, token: FillToken, value: C::Value) -> bool {
+        self.handle.complete_fill(token, value)
+    }
+
+    /// The cached value: fresh, or stale (soft-invalidated) for at most
+    /// [`ClientOptions::max_staleness`]. Starts no load.
+    pub fn get(&self, key: &str) -> Option<C::Value> {
+        match self.handle.read(key) {
+            Read::Fresh(v) | Read::Stale(v) => Some(v),
+            Read::Miss => None,
+        }
+    }
+
+    /// The raw entry, with its staleness mark and no limit applied.
+    pub fn get_entry(&self, key: &str) -> Option<Cached<C::Value>> {
+        self.handle.shared.cache.lookup(key)
+    }
+
+    /// Cache-aside read through the fill guard.
+    ///
+    /// - fresh hit: the value;
+    /// - stale hit within [`ClientOptions::max_staleness`]: the stale value at once, and a
+    ///   refetch in the background unless one already runs for the key (`load` runs in a
+    ///   spawned task; its errors are logged);
+    /// - miss (or stale for longer): waits for the load already running for the key, if any,
+    ///   else loads with `load` under the fill guard. The loaded value is returned even when
+    ///   an invalidation voided the fill (it was current when read); it is then not cached.
+    pub async fn get_or_fill<F, Fut, E>(&self, key: &str, load: F) -> Result<C::Value, FillError<E>>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<C::Value, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.get_or_fill_tagged(key, &[], load).await
+    }
+
+    /// [`get_or_fill`](Self::get_or_fill), tracking the key with `tags`.
+    pub async fn get_or_fill_tagged<F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        load: F,
+    ) -> Result<C::Value, FillError<E>>
+    where
+        F: FnOnce(String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<C::Value, E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let h = &self.handle;
+        let mut load = Some(load);
+        loop {
+            match h.read(key) {
+                Read::Fresh(v) => return Ok(v),
+                Read::Stale(v) => {
+                    if let (Join::Leader(guard), Some(load)) =
+                        (h.shared.flights.join(key), load.take())
+                    {
+                        let h = h.clone();
+                        let key = key.to_string();
+                        let mut tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+                        tags.extend(h.shared.held.lock().tags(&key));
+                        tokio::spawn(async move {
+                            let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+                            if let Err(e) = h.fill(&key, &tags, load).await {
+                                tracing::warn!(%key, error = %e, "background refetch failed");
+                            }
+                            drop(guard);
+                        });
+                    }
+                    return Ok(v);
+                }
+                Read::Miss => match h.shared.flights.join(key) {
+                    Join::Leader(guard) => {
+                        let load = load.take().expect("a caller loads at most once");
+                        let r = h.fill(key, tags, load).await;
+                        drop(guard);
+                        return r;
+                    }
+                    Join::Follower(mut done) => {
+                        let _ = done.changed().await;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Drop `key` locally and stop tracking it.
+    pub async fn remove(&self, key: &str) -> Result<(), ClientError> {
+        let shared = &self.handle.shared;
+        shared.fills.void_key(key);
+        shared.cache.invalidate(key);
+        match self.untrack(&[key]).await {
+            Ok(_) | Err(ClientError::NotConnected) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Drop the connection and stay offline until [`reconnect`](Self::reconnect).
+    pub fn disconnect(&self) {
+        let _ = self.handle.commands.send(Command::Disconnect);
+    }
+
+    /// Reconnect (and resume) now: after [`disconnect`](Self::disconnect), during a backoff
+    /// delay, or to replace a live connection.
+    pub fn reconnect(&self) {
+        let _ = self.handle.commands.send(Command::Reconnect);
+    }
+}
+
+impl<C: LocalCache> Handle<C> {
+    fn read(&self, key: &str) -> Read<C::Value> {
+        classify(
+            self.shared.cache.lookup(key),
+            engine::now(),
+            self.shared.opts.max_staleness,
+        )
+    }
+
+    async fn track(&self, keys: &[&str], tags: &[&str]) -> Result<usize, ClientError> {
+        {
+            let mut held = self.shared.held.lock();
+            for k in keys {
+                held.add(k, tags);
+            }
+        }
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        self.call(|reply| Command::Track { keys, tags, reply })
+            .await
+    }
+
+    async fn begin_fill(&self, key: &str, tags: &[&str]) -> Result<FillToken, ClientError> {
         let token = self.shared.fills.begin(key);
-        match self.track(&[key]).await {
+        match self.track(&[key], tags).await {
             Ok(_) | Err(ClientError::NotConnected) => Ok(token),
             Err(e) => Err(e),
         }
     }
 
-    /// Store `value` unless `token`'s key was invalidated since `begin_fill`.
-    pub fn complete_fill(&self, token: FillToken, value: C::Value) -> bool {
+    fn complete_fill(&self, token: FillToken, value: C::Value) -> bool {
         let cache = &self.shared.cache;
         self.shared
             .fills
             .complete(token, |key| cache.insert(key, value))
     }
 
-    /// Drop the connection and stay offline until [`reconnect`](Self::reconnect).
-    pub fn disconnect(&self) {
-        let _ = self.commands.send(Command::Disconnect);
-    }
-
-    /// Reconnect (and resume) after [`disconnect`](Self::disconnect).
-    pub fn reconnect(&self) {
-        let _ = self.commands.send(Command::Reconnect);
+    /// begin_fill, load, complete_fill; the loaded value.
+    async fn fill<F, Fut, E>(
+        &self,
+        key: &str,
+        tags: &[&str],
+        load: F,
+    ) -> Result<C::Value, FillError<E>>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<C::Value, E>>,
+    {
+        let token = self
+            .begin_fill(key, tags)
+            .await
+            .map_err(FillError::Client)?;
+        let value = load(key.to_string()).await.map_err(FillError::Load)?;
+        self.complete_fill(token, value.clone());
+        Ok(value)
     }
 
     async fn call(
@@ -310,335 +557,5 @@ impl<C: LocalCache> CacheClient<C> {
     }
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// One connection.
-struct Session {
-    ws: Socket,
-    epoch: String,
-    hello_seq: u64,
-    next_id: u64,
-    /// Pending replies by request id.
-    waiting: HashMap<u64, oneshot::Sender<Result<usize, ClientError>>>,
-    /// `resume` in flight: do not advance the position.
-    resuming: bool,
-}
-
-impl Session {
-    /// Connect, read `hello`, subscribe, re-track held keys and resume from the position.
-    async fn open<C: LocalCache>(shared: &Shared<C>) -> Result<Session, ClientError> {
-        let opts = &shared.opts;
-        let connect_err = |m: String| ClientError::Connect {
-            url: opts.url.clone(),
-            message: m,
-        };
-        let mut req = opts
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| connect_err(e.to_string()))?;
-        if let Some(t) = &opts.token {
-            let v = format!("Bearer {t}")
-                .parse()
-                .map_err(|_| connect_err("token is not a valid header".into()))?;
-            req.headers_mut().insert("authorization", v);
-        }
-        // A modest read buffer: tungstenite zero-fills all of it before every read attempt.
-        let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
-        let mut session = Session {
-            ws,
-            epoch: String::new(),
-            hello_seq: 0,
-            next_id: 1,
-            waiting: HashMap::new(),
-            resuming: false,
-        };
-        let hello = session
-            .next_json()
-            .await
-            .ok_or_else(|| connect_err("no hello".into()))?;
-        session.epoch = hello["epoch"].as_str().unwrap_or_default().to_string();
-        session.hello_seq = hello["seq"].as_u64().unwrap_or(0);
-        if !opts.subscriptions.is_empty() {
-            let patterns: Vec<Value> = opts
-                .subscriptions
-                .iter()
-                .map(|(p, t)| json!({"pattern": p, "pattern_type": t.map(|t| t.as_str())}))
-                .collect();
-            session
-                .send(json!({"op": "subscribe", "patterns": patterns}))
-                .await?;
-        }
-        let held: Vec<String> = shared.held.lock().iter().cloned().collect();
-        if !held.is_empty() {
-            session.send(json!({"op": "track", "keys": held})).await?;
-        }
-        let known = shared.status.borrow().epoch.clone();
-        match known {
-            Some(epoch) => {
-                let since = shared.status.borrow().seq;
-                session.resuming = true;
-                session
-                    .send(json!({"op": "resume", "epoch": epoch, "since_seq": since}))
-                    .await?;
-            }
-            None => {
-                let (epoch, seq) = (session.epoch.clone(), session.hello_seq);
-                shared.status.send_modify(|s| {
-                    s.epoch = Some(epoch);
-                    s.seq = seq;
-                });
-            }
-        }
-        shared.status.send_modify(|s| {
-            s.connected = true;
-            s.sessions += 1;
-        });
-        Ok(session)
-    }
-
-    async fn send(&mut self, v: Value) -> Result<(), ClientError> {
-        self.ws
-            .send(Message::text(v.to_string()))
-            .await
-            .map_err(|_| ClientError::NotConnected)
-    }
-
-    /// The next JSON text frame, or None when the connection ended.
-    async fn next_json(&mut self) -> Option<Value> {
-        loop {
-            match self.ws.next().await? {
-                Ok(Message::Text(t)) => match serde_json::from_str(t.as_str()) {
-                    Ok(v) => return Some(v),
-                    Err(e) => tracing::warn!(error = %e, "server sent a frame that is not JSON"),
-                },
-                Ok(Message::Close(f)) => {
-                    tracing::info!(close = ?f, "server closed the connection");
-                    return None;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::info!(error = %e, "connection lost");
-                    return None;
-                }
-            }
-        }
-    }
-
-    async fn request(
-        &mut self,
-        op: &str,
-        keys: Vec<String>,
-        reply: oneshot::Sender<Result<usize, ClientError>>,
-    ) {
-        let id = self.next_id;
-        self.next_id += 1;
-        match self.send(json!({"op": op, "keys": keys, "id": id})).await {
-            Ok(()) => {
-                self.waiting.insert(id, reply);
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
-        }
-    }
-}
-
-/// What ended a session.
-enum Next {
-    Reconnect,
-    Offline,
-    Shutdown,
-}
-
-async fn run<C: LocalCache>(
-    shared: Arc<Shared<C>>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    first: Session,
-) {
-    let mut session = Some(first);
-    let mut delay = shared.opts.reconnect_min;
-    loop {
-        let next = match session.take() {
-            Some(s) => {
-                delay = shared.opts.reconnect_min;
-                serve(&shared, s, &mut commands).await
-            }
-            None => match Session::open(&shared).await {
-                Ok(s) => {
-                    session = Some(s);
-                    continue;
-                }
-                Err(e) => {
-                    tracing::info!(error = %e, ?delay, "reconnect failed; retrying");
-                    let wait = tokio::time::sleep(delay);
-                    delay = (delay * 2).min(shared.opts.reconnect_max);
-                    match idle(wait, &mut commands).await {
-                        Some(next) => next,
-                        None => continue,
-                    }
-                }
-            },
-        };
-        shared.status.send_modify(|s| s.connected = false);
-        match next {
-            Next::Reconnect => {}
-            Next::Shutdown => return,
-            Next::Offline => loop {
-                match commands.recv().await {
-                    None | Some(Command::Shutdown) => return,
-                    Some(Command::Reconnect) => break,
-                    Some(Command::Track(_, tx) | Command::Untrack(_, tx)) => {
-                        let _ = tx.send(Err(ClientError::NotConnected));
-                    }
-                    Some(Command::Disconnect) => {}
-                }
-            },
-        }
-    }
-}
-
-/// Wait out a reconnect delay while answering commands.
-async fn idle(
-    wait: tokio::time::Sleep,
-    commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> Option<Next> {
-    tokio::pin!(wait);
-    loop {
-        tokio::select! {
-            _ = &mut wait => return None,
-            cmd = commands.recv() => match cmd {
-                None | Some(Command::Shutdown) => return Some(Next::Shutdown),
-                Some(Command::Disconnect) => return Some(Next::Offline),
-                Some(Command::Reconnect) => return None,
-                Some(Command::Track(_, tx) | Command::Untrack(_, tx)) => {
-                    let _ = tx.send(Err(ClientError::NotConnected));
-                }
-            },
-        }
-    }
-}
-
-async fn serve<C: LocalCache>(
-    shared: &Shared<C>,
-    mut s: Session,
-    commands: &mut mpsc::UnboundedReceiver<Command>,
-) -> Next {
-    loop {
-        tokio::select! {
-            frame = s.next_json() => match frame {
-                Some(v) => apply(shared, &mut s, &v),
-                None => return Next::Reconnect,
-            },
-            cmd = commands.recv() => match cmd {
-                None | Some(Command::Shutdown) => {
-                    let _ = s.ws.close(None).await;
-                    return Next::Shutdown;
-                }
-                Some(Command::Disconnect) => {
-                    let _ = s.ws.close(None).await;
-                    return Next::Offline;
-                }
-                Some(Command::Reconnect) => return Next::Reconnect,
-                Some(Command::Track(keys, tx)) => s.request("track", keys, tx).await,
-                Some(Command::Untrack(keys, tx)) => s.request("untrack", keys, tx).await,
-            },
-        }
-    }
-}
-
-/// Apply one server frame.
-fn apply<C: LocalCache>(shared: &Shared<C>, s: &mut Session, v: &Value) {
-    let seq = v["seq"].as_u64();
-    match v["type"].as_str().unwrap_or("") {
-        "invalidate" => {
-            invalidate(shared, v);
-            shared.status.send_modify(|st| {
-                st.events += 1;
-                if s.resuming {
-                    st.replayed += 1;
-                }
-            });
-            advance(shared, s, seq);
-        }
-        "resumed" => {
-            s.resuming = false;
-            advance(shared, s, seq);
-        }
-        "reset" => {
-            tracing::info!(
-                reason = v["reason"].as_str(),
-                "reset: clearing the local cache"
-            );
-            shared.fills.void_all();
-            shared.cache.clear();
-            shared.held.lock().clear();
-            s.resuming = false;
-            let (epoch, seq) = (s.epoch.clone(), s.hello_seq);
-            shared.status.send_modify(|st| {
-                st.resets += 1;
-                st.epoch = Some(epoch);
-                st.seq = seq;
-            });
-        }
-        "heartbeat" | "pong" | "subscribed" | "unsubscribed" => advance(shared, s, seq),
-        "tracked" | "untracked" => reply(s, v, Ok(v["count"].as_u64().unwrap_or(0) as usize)),
-        "error" => {
-            let code = v["code"].as_str().unwrap_or("").to_string();
-            let message = v["message"].as_str().unwrap_or("").to_string();
-            tracing::warn!(%code, %message, "server refused an operation");
-            reply(s, v, Err(ClientError::Server { code, message }));
-        }
-        _ => {}
-    }
-}
-
-fn reply(s: &mut Session, v: &Value, result: Result<usize, ClientError>) {
-    if let Some(tx) = v["id"].as_u64().and_then(|id| s.waiting.remove(&id)) {
-        let _ = tx.send(result);
-    }
-}
-
-fn advance<C: LocalCache>(shared: &Shared<C>, s: &Session, seq: Option<u64>) {
-    if let (Some(seq), false) = (seq, s.resuming) {
-        shared.status.send_modify(|st| st.seq = st.seq.max(seq));
-    }
-}
-
-/// Apply an `invalidate` event: its keys, and for a pattern event the pattern itself (the
-/// event's keys are only the keys this connection tracked; the cache may hold others).
-fn invalidate<C: LocalCache>(shared: &Shared<C>, v: &Value) {
-    let keys = v["keys"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    {
-        let mut held = shared.held.lock();
-        for k in keys.iter().filter_map(Value::as_str) {
-            shared.fills.void_key(k);
-            shared.cache.invalidate(k);
-            held.remove(k);
-        }
-    }
-    let Some(source) = v["pattern"].as_str() else {
-        return;
-    };
-    let kind = v["pattern_type"].as_str().and_then(PatternType::parse);
-    let limits = PatternLimits {
-        max_pattern_bytes: usize::MAX,
-        ..PatternLimits::default()
-    };
-    match Pattern::parse(source, kind, &limits) {
-        Ok(p) => {
-            shared.fills.void_pattern(&p);
-            shared.cache.invalidate_pattern(&p);
-            shared.held.lock().retain(|k| !p.is_match(k));
-        }
-        Err(e) => {
-            // Cannot tell what it covers: dropping everything is the only safe answer.
-            tracing::warn!(pattern = source, error = %e, "cannot compile an invalidation pattern; clearing");
-            shared.fills.void_all();
-            shared.cache.clear();
-        }
-    }
-}
+#[cfg(test)]
+mod tests;
