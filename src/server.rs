@@ -177,7 +177,8 @@ pub async fn build(config: Config) -> Result<Arc<App>, StartError> {
 /// retried with backoff while the store is down.
 fn spawn_filter_load(audit: Arc<AuditPipeline>, idempotency: Arc<Idempotency>) {
     tokio::spawn(async move {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         loop {
             if audit.caught_up(Duration::from_secs(30)).await
                 && let Some(store) = audit.store()
@@ -201,8 +202,7 @@ fn spawn_filter_load(audit: Arc<AuditPipeline>, idempotency: Arc<Idempotency>) {
                     }
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(10));
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     });
 }

@@ -798,9 +798,9 @@ async fn pg_outage_mid_run_loses_and_duplicates_nothing() {
     .await
     .expect("order");
     assert_eq!(out_of_order, 0);
-    assert_eq!(
-        wal_segments(&dir),
-        1,
+    // The live segment and the spare prepared after it; everything behind is deleted.
+    assert!(
+        wal_segments(&dir) <= 2,
         "segments behind the checkpoint are deleted"
     );
     drop(proxy);

@@ -611,3 +611,116 @@ async fn seq_keeps_growing_across_restarts() {
     let (_, v) = s.invalidate_keys(&["a"]).await;
     assert!(v["seq"].as_u64().unwrap() > before);
 }
+
+/// SPEC "Idempotency": the key is (token name, request_id). Another tenant's `req-001` can
+/// neither block nor reveal ours; a restart keeps the scopes apart (they come from the store).
+#[tokio::test]
+async fn idempotency_is_scoped_by_token() {
+    let toml = r#"
+[[tokens]]
+name = "tenant-a"
+token = "secret-a"
+scopes = ["invalidate"]
+
+[[tokens]]
+name = "tenant-b"
+token = "secret-b"
+scopes = ["invalidate", "metrics"]
+"#;
+    let dir = common::fresh_dir("idem-scope");
+    let mut s = TestServer::builder()
+        .config_toml(toml)
+        .data_dir(&dir)
+        .start()
+        .await;
+    let body = json!({"keys": ["k"], "triggered_by": "t", "request_id": "req-001"});
+    let (st, b) = s
+        .post_json("/invalidate/key", &body, Some("secret-b"))
+        .await;
+    assert_eq!((st, b["duplicate"].clone()), (200, json!(false)));
+    let (st, a) = s
+        .post_json("/invalidate/key", &body, Some("secret-a"))
+        .await;
+    assert_eq!(
+        (st, a["duplicate"].clone()),
+        (200, json!(false)),
+        "not blocked by tenant B: {a}"
+    );
+    assert_ne!(a["seq"], b["seq"]);
+    // A different body under A's id is A's conflict, not B's.
+    let other = json!({"keys": ["other"], "triggered_by": "t", "request_id": "req-001"});
+    let (st, _) = s
+        .post_json("/invalidate/key", &other, Some("secret-a"))
+        .await;
+    assert_eq!(st, 409);
+    assert_eq!(s.sigterm(), 0);
+    // After a restart the ids come back from the store, still per token.
+    let s = TestServer::builder()
+        .config_toml(toml)
+        .data_dir(&dir)
+        .start()
+        .await;
+    let (_, again) = s
+        .post_json("/invalidate/key", &body, Some("secret-a"))
+        .await;
+    assert_eq!(
+        (again["duplicate"].clone(), again["seq"].clone()),
+        (json!(true), a["seq"].clone())
+    );
+    let (_, again) = s
+        .post_json("/invalidate/key", &body, Some("secret-b"))
+        .await;
+    assert_eq!(
+        (again["duplicate"].clone(), again["seq"].clone()),
+        (json!(true), b["seq"].clone())
+    );
+}
+
+/// A fresh `request_id` is proven new by the in-memory filter: no store lookup per request.
+#[tokio::test]
+async fn fresh_request_ids_cost_no_store_lookup() {
+    let s = TestServer::start().await;
+    let mut m = json!(null);
+    for _ in 0..100 {
+        m = s.get_json("/invalidate/metrics", None).await.1;
+        if m["idempotency"]["filter_complete"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(m["idempotency"]["filter_complete"], true, "{m}");
+    let before = m["idempotency"]["store_lookups"].as_u64().unwrap();
+    for i in 0..50 {
+        let body = json!({"keys": [format!("f:{i}")], "triggered_by": "t", "request_id": format!("fresh-{i}")});
+        assert_eq!(s.post_json("/invalidate/key", &body, None).await.0, 200);
+    }
+    // A retry is answered from memory, also without the store.
+    let body = json!({"keys": ["f:0"], "triggered_by": "t", "request_id": "fresh-0"});
+    assert_eq!(
+        s.post_json("/invalidate/key", &body, None).await.1["duplicate"],
+        true
+    );
+    let m = s.get_json("/invalidate/metrics", None).await.1;
+    assert_eq!(
+        m["idempotency"]["store_lookups"].as_u64().unwrap(),
+        before,
+        "{m}"
+    );
+    assert!(m["idempotency"]["filter_ids"].as_u64().unwrap() >= 50);
+}
+
+/// Generated ids: `inv-<unix_ms>-<16 hex digits>` (64 random bits).
+#[tokio::test]
+async fn generated_request_ids_carry_64_random_bits() {
+    let s = TestServer::start().await;
+    let (_, v) = s.invalidate_keys(&["g:1"]).await;
+    let id = v["request_id"].as_str().unwrap();
+    let parts: Vec<&str> = id.split('-').collect();
+    assert_eq!(parts.len(), 3, "{id}");
+    assert_eq!(parts[0], "inv");
+    assert!(parts[1].parse::<u64>().is_ok(), "{id}");
+    assert!(
+        parts[2].len() == 16 && parts[2].chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+}

@@ -20,7 +20,8 @@
 //! `triggered_by` alone, it reads a counter row maintained by the insert trigger (O(1));
 //! otherwise it is `count(*)` under the same filters, an index-only scan of that filter's
 //! index (~0.2 µs per matching row once autovacuum has set the visibility map, which the
-//! second migration tunes for this insert-only table; see `benches/audit.rs`). Page and count run concurrently on two pooled connections.
+//! second migration tunes for this insert-only table; see `benches/audit.rs`). Page and count
+//! are read from one snapshot (one REPEATABLE READ transaction).
 //! Keyset pages never repeat or skip a row on one node, whose single writer commits ids in
 //! order; with several nodes writing, a row whose id was drawn before a concurrent commit may
 //! appear behind a cursor that already passed it.
@@ -189,27 +190,38 @@ impl PgStore {
         row.map(|r| super::rows::stored_from_row(&r)).transpose()
     }
 
-    /// The page and `total_count` run concurrently on two pooled connections.
+    /// The page and `total_count` from one snapshot: both read in one REPEATABLE READ,
+    /// read-only transaction, so the count never disagrees with the page (the counter rows
+    /// move in the same transactions as the inserts they count).
     pub async fn query(&self, q: &LogQuery) -> Result<(Vec<LogEntry>, i64), AuditError> {
-        if q.since_us.is_some() || q.until_us.is_some() {
+        let mut tx = self.pool.begin().await.map_err(store_err)?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *tx)
+            .await
+            .map_err(store_err)?;
+        let result = if q.since_us.is_some() || q.until_us.is_some() {
             // The planner assumes matching timestamps are spread evenly over ids and walks
             // the primary key backwards from the newest row: for an old range that visits
             // most of the table (measured 112 ms on 1M rows). The count's index-only scan also
             // yields the min and max id of the matching rows; bounding the page by them
             // changes no result (every match lies within) and starts the walk at the right
             // place.
-            let (total, lo, hi) = self.count_with_bounds(q).await?;
+            let (total, lo, hi) = Self::count_with_bounds(&mut tx, q).await?;
             if total == 0 {
-                return Ok((Vec::new(), 0));
+                (Vec::new(), 0)
+            } else {
+                (Self::page(&mut tx, q, Some((lo, hi))).await?, total)
             }
-            return Ok((self.page(q, Some((lo, hi))).await?, total));
-        }
-        let (rows, total) = tokio::join!(self.page(q, None), self.count(q));
-        Ok((rows?, total?))
+        } else {
+            let rows = Self::page(&mut tx, q, None).await?;
+            (rows, Self::count(&mut tx, q).await?)
+        };
+        tx.commit().await.map_err(store_err)?;
+        Ok(result)
     }
 
     async fn page(
-        &self,
+        conn: &mut sqlx::PgConnection,
         q: &LogQuery,
         id_bounds: Option<(i64, i64)>,
     ) -> Result<Vec<LogEntry>, AuditError> {
@@ -237,27 +249,30 @@ impl PgStore {
             query = query.bind(lo).bind(hi);
         }
         let query = query.bind(i64::from(q.limit) + 1).bind(q.offset);
-        let rows = query.fetch_all(&self.pool).await.map_err(store_err)?;
+        let rows = query.fetch_all(&mut *conn).await.map_err(store_err)?;
         rows.iter().map(super::rows::entry_from_row).collect()
     }
 
     /// Exact count of the filtered rows, and the id range they span.
-    async fn count_with_bounds(&self, q: &LogQuery) -> Result<(i64, i64, i64), AuditError> {
+    async fn count_with_bounds(
+        conn: &mut sqlx::PgConnection,
+        q: &LogQuery,
+    ) -> Result<(i64, i64, i64), AuditError> {
         let mut sql = String::from(
             "SELECT count(*), COALESCE(min(id), 0), COALESCE(max(id), 0) \
              FROM invalidation_audit WHERE TRUE",
         );
         push_filters(&mut sql, &mut 0, q, false);
         let query = bind_filters(sqlx::query(AssertSqlSafe(sql)).persistent(false), q, false);
-        let row = query.fetch_one(&self.pool).await.map_err(store_err)?;
+        let row = query.fetch_one(&mut *conn).await.map_err(store_err)?;
         let get = |i: usize| row.try_get::<i64, _>(i).map_err(store_err);
         Ok((get(0)?, get(1)?, get(2)?))
     }
 
-    async fn count(&self, q: &LogQuery) -> Result<i64, AuditError> {
+    async fn count(conn: &mut sqlx::PgConnection, q: &LogQuery) -> Result<i64, AuditError> {
         if q.unfiltered() {
             return sqlx::query_scalar::<_, i64>("SELECT total FROM invalidation_audit_count")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(store_err);
         }
@@ -267,14 +282,14 @@ impl PgStore {
                                   WHERE triggered_by = $1), 0)::int8",
             )
             .bind(who.clone())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await
             .map_err(store_err);
         }
         let mut sql = String::from("SELECT count(*) FROM invalidation_audit WHERE TRUE");
         push_filters(&mut sql, &mut 0, q, false);
         let query = bind_filters(sqlx::query(AssertSqlSafe(sql)).persistent(false), q, false);
-        let row = query.fetch_one(&self.pool).await.map_err(store_err)?;
+        let row = query.fetch_one(&mut *conn).await.map_err(store_err)?;
         row.try_get::<i64, _>(0).map_err(store_err)
     }
 }

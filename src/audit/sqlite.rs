@@ -151,8 +151,11 @@ impl SqliteStore {
         row.map(|r| super::rows::stored_from_row(&r)).transpose()
     }
 
+    /// The page and `total_count` from one snapshot: one read transaction on one
+    /// connection (in WAL mode a read transaction sees one consistent state).
     pub async fn query(&self, q: &LogQuery) -> Result<(Vec<LogEntry>, i64), AuditError> {
-        if q.since_us.is_some() || q.until_us.is_some() {
+        let mut tx = self.pool.begin().await.map_err(store_err)?;
+        let result = if q.since_us.is_some() || q.until_us.is_some() {
             // As on PostgreSQL: bound the newest-first walk by the matching rows' id range,
             // which the (covering) count scan yields for free.
             let mut sql = String::from(
@@ -161,22 +164,26 @@ impl SqliteStore {
             );
             push_filters(&mut sql, q, false);
             let row = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, false)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await
                 .map_err(store_err)?;
             let get = |i: usize| row.try_get::<i64, _>(i).map_err(store_err);
             let (total, lo, hi) = (get(0)?, get(1)?, get(2)?);
             if total == 0 {
-                return Ok((Vec::new(), 0));
+                (Vec::new(), 0)
+            } else {
+                (Self::page(&mut tx, q, Some((lo, hi))).await?, total)
             }
-            return Ok((self.page(q, Some((lo, hi))).await?, total));
-        }
-        let (rows, total) = tokio::join!(self.page(q, None), self.count(q));
-        Ok((rows?, total?))
+        } else {
+            let rows = Self::page(&mut tx, q, None).await?;
+            (rows, Self::count(&mut tx, q).await?)
+        };
+        tx.commit().await.map_err(store_err)?;
+        Ok(result)
     }
 
     async fn page(
-        &self,
+        conn: &mut sqlx::SqliteConnection,
         q: &LogQuery,
         id_bounds: Option<(i64, i64)>,
     ) -> Result<Vec<LogEntry>, AuditError> {
@@ -197,23 +204,23 @@ impl SqliteStore {
         let rows = query
             .bind(i64::from(q.limit) + 1)
             .bind(q.offset)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(store_err)?;
         rows.iter().map(super::rows::entry_from_row).collect()
     }
 
-    async fn count(&self, q: &LogQuery) -> Result<i64, AuditError> {
+    async fn count(conn: &mut sqlx::SqliteConnection, q: &LogQuery) -> Result<i64, AuditError> {
         if q.unfiltered() {
             return sqlx::query_scalar::<_, i64>("SELECT total FROM invalidation_audit_count")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(store_err);
         }
         let mut sql = String::from("SELECT count(*) FROM invalidation_audit WHERE 1");
         push_filters(&mut sql, q, false);
         let row = bind_filters(sqlx::query(AssertSqlSafe(sql)), q, false)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await
             .map_err(store_err)?;
         row.try_get::<i64, _>(0).map_err(store_err)

@@ -32,6 +32,7 @@ use super::record::AuditRow;
 use super::store::{Store, StoreTarget};
 use super::wal::{Position, WalReader, WalShared};
 use super::{AuditError, Shared};
+use crate::backoff::Backoff;
 use crate::config::AuditConfig;
 
 /// Bound on one store write; past it the outcome is unknown and the batch is retried
@@ -55,7 +56,7 @@ pub struct Writer {
     /// The last write failed or timed out: its rows may be partly in.
     retrying: bool,
     healthy: bool,
-    backoff: Duration,
+    backoff: Backoff,
     next_attempt: Instant,
     /// A running connect (`Some(store)`) or ping (`None`) attempt.
     probe: Option<JoinHandle<Result<Option<Store>, AuditError>>>,
@@ -71,7 +72,10 @@ impl Writer {
         done: watch::Sender<bool>,
     ) -> Writer {
         let healthy = shared.store.load().is_some();
-        let backoff = Duration::from_millis(cfg.retry_initial_ms.max(1));
+        let backoff = Backoff::new(
+            Duration::from_millis(cfg.retry_initial_ms),
+            Duration::from_millis(cfg.retry_max_ms),
+        );
         let reader = WalReader::new(wal.dir());
         shared.set_checkpoint(reader.pos);
         let reader = Some(reader);
@@ -256,27 +260,24 @@ impl Writer {
     /// A store write failed: count it, go unhealthy, back off. The rows stay in the log.
     fn fail(&mut self, why: &str) {
         tracing::warn!(
-            retry_in_ms = self.backoff.as_millis() as u64,
+            retry_within_ms = self.backoff.ceiling().as_millis() as u64,
             "{why}; records wait in the write-ahead log"
         );
         self.shared.failed_batches.fetch_add(1, Ordering::Relaxed);
         self.retry_later();
     }
 
-    /// Unhealthy until a probe succeeds; the next attempt waits out the backoff, which doubles.
+    /// Unhealthy until a probe succeeds; the next attempt waits out the (jittered) backoff.
     fn retry_later(&mut self) {
         self.healthy = false;
         self.shared.ready.store(false, Ordering::Relaxed);
-        self.next_attempt = Instant::now() + self.backoff;
-        let max =
-            Duration::from_millis(self.cfg.retry_max_ms.max(self.cfg.retry_initial_ms).max(1));
-        self.backoff = self.backoff.saturating_mul(2).min(max);
+        self.next_attempt = Instant::now() + self.backoff.next_delay();
     }
 
     fn recovered(&mut self) {
         self.healthy = true;
         self.shared.ready.store(true, Ordering::Relaxed);
-        self.backoff = Duration::from_millis(self.cfg.retry_initial_ms.max(1));
+        self.backoff.reset();
     }
 
     /// Connection attempts and health pings run as their own task, so a black-holed server

@@ -37,6 +37,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 
 use crate::audit::AuditPipeline;
+use crate::backoff::Backoff;
 use crate::error::ApiError;
 use crate::event::Invalidation;
 use crate::fanout::Hub;
@@ -273,14 +274,13 @@ impl Cluster {
         let me = self.clone();
         me.delivered.store(start.max(1) - 1, Ordering::Release);
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 match me.consume(&hub, &patterns, &idempotency).await {
-                    Ok(()) => backoff = Duration::from_millis(100),
+                    Ok(()) => backoff.reset(),
                     Err(e) => {
                         tracing::warn!(error = %e, "JetStream consumer stopped; re-creating");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
             }
@@ -381,14 +381,13 @@ impl Cluster {
     pub fn spawn_audit(self: &Arc<Self>, audit: Arc<AuditPipeline>, batch: usize) {
         let me = self.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
                 match me.audit_batch(&audit, batch.max(1)).await {
-                    Ok(_) => backoff = Duration::from_millis(100),
+                    Ok(_) => backoff.reset(),
                     Err(e) => {
                         tracing::warn!(error = %e, "cluster audit consumer: retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        tokio::time::sleep(backoff.next_delay()).await;
                     }
                 }
             }

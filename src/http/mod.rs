@@ -63,11 +63,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("/dashboard", "GET"),
 ];
 
-/// `?token=` of a WebSocket URL.
-fn query_token(query: Option<&str>) -> Option<&str> {
+/// `?token=` of a WebSocket (or SSE) URL, percent-decoded like every query parameter (a
+/// browser's `encodeURIComponent` turns `+`, `/` and `=` of a secret into `%2B`, ...).
+fn query_token(query: Option<&str>) -> Option<String> {
     query?
         .split('&')
         .find_map(|kv| kv.strip_prefix("token="))
+        .and_then(|t| crate::audit::query::percent_decode(t).ok())
         .filter(|t| !t.is_empty())
 }
 
@@ -80,13 +82,11 @@ fn authenticate(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let secret = bearer(header).or_else(|| {
-        if scope == Scope::Subscribe {
-            query_token(req.uri().query())
-        } else {
-            None
-        }
-    });
+    let from_query = match (bearer(header), scope) {
+        (None, Scope::Subscribe) => query_token(req.uri().query()),
+        _ => None,
+    };
+    let secret = bearer(header).or(from_query.as_deref());
     app.auth.authenticate(secret, scope)
 }
 
