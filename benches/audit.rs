@@ -60,6 +60,7 @@ fn record(seq: u64, tag: &str) -> AuditRecord {
         published_at_us: BASE_US + seq as i64 * 1000,
         node_id: Arc::from("node-bench"),
         target,
+        soft: false,
     };
     AuditRecord {
         inv: Arc::new(inv),

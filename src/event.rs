@@ -33,6 +33,8 @@ pub struct Invalidation {
     pub published_at_us: i64,
     pub node_id: Arc<str>,
     pub target: Target,
+    /// Soft invalidation: cache managers mark the entries stale instead of dropping them.
+    pub soft: bool,
 }
 
 impl Invalidation {
@@ -82,6 +84,7 @@ pub(crate) mod tests {
             published_at_us: 1_700_000_000_000_000,
             node_id: Arc::from("node"),
             target: Target::Keys(keys.iter().map(|k| k.to_string()).collect()),
+            soft: false,
         }
     }
 }

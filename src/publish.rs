@@ -38,6 +38,7 @@ pub struct Draft {
     pub triggered_by: String,
     pub token_name: Option<String>,
     pub target: Target,
+    pub soft: bool,
     /// Hex SHA-256 fingerprint of the request body (idempotency).
     pub body_hash: String,
     /// When the request was received (latency origin).
@@ -121,6 +122,7 @@ impl Publisher {
                 draft.triggered_by,
                 draft.token_name,
                 draft.target,
+                draft.soft,
             ));
             // Sent to the log under the lock too, so log order is seq order.
             match permit {
@@ -165,6 +167,7 @@ impl Publisher {
         triggered_by: String,
         token_name: Option<String>,
         target: Target,
+        soft: bool,
     ) -> Invalidation {
         Invalidation {
             seq,
@@ -174,6 +177,7 @@ impl Publisher {
             published_at_us: crate::time::now_us(),
             node_id: self.node_id.clone(),
             target,
+            soft,
         }
     }
 
@@ -188,6 +192,7 @@ impl Publisher {
             draft.triggered_by,
             draft.token_name,
             draft.target,
+            draft.soft,
         );
         let latency_us = draft.received.elapsed().as_micros() as u64;
         let (seq, duplicate) = cluster

@@ -37,6 +37,7 @@ fn key_inv(seq: u64, keys: &[&str], triggered_by: &str) -> Invalidation {
         published_at_us: BASE_US + seq as i64 * 1_000_000,
         node_id: Arc::from("node-a"),
         target: Target::Keys(keys.iter().map(|k| k.to_string()).collect()),
+        soft: false,
     }
 }
 
@@ -54,6 +55,7 @@ fn pattern_inv(seq: u64, pattern: &str, kind: PatternType, matched: &[&str]) -> 
             matched_keys: matched.iter().map(|k| k.to_string()).collect(),
             matched_count: matched.len() as u64 + 5,
         },
+        soft: seq % 2 == 0,
     }
 }
 
@@ -338,6 +340,7 @@ fn check_log(log: &Value, r: &AuditRecord) {
     assert_eq!(log["triggered_by"], json!(inv.triggered_by));
     assert_eq!(log["token_name"], json!(inv.token_name));
     assert_eq!(log["node_id"], json!(&*inv.node_id));
+    assert_eq!(log["soft"], json!(inv.soft));
     assert_eq!(log["timestamp"], json!(inv.published_at_rfc3339()));
     assert_eq!(log["keys"], json!(inv.keys()));
     assert_eq!(log["matched_count"], json!(inv.invalidated_count()));

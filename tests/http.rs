@@ -724,3 +724,70 @@ async fn generated_request_ids_carry_64_random_bits() {
         "{id}"
     );
 }
+
+/// SPEC "Soft invalidation": `soft` on any invalidation reaches the response, the event, the
+/// audit row and the metrics; it defaults to false; a non-boolean is 400.
+#[tokio::test]
+async fn soft_invalidation_is_carried_everywhere() {
+    let s = TestServer::start().await;
+    let mut ws = common::ws::Ws::connect(&s).await;
+    ws.subscribe(json!(["soft:*"])).await;
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["soft:1"], "triggered_by": "t", "soft": true, "request_id": "soft-1"}),
+            None,
+        )
+        .await;
+    assert_eq!((st, v["soft"].clone()), (200, json!(true)), "{v}");
+    let ev = ws.event().await;
+    assert_eq!(
+        (ev["soft"].clone(), ev["tags"].clone()),
+        (json!(true), json!(null)),
+        "{ev}"
+    );
+    let (_, v) = s
+        .post_json(
+            "/invalidate/pattern",
+            &json!({"pattern": "soft:*", "triggered_by": "t"}),
+            None,
+        )
+        .await;
+    assert_eq!(v["soft"], false, "defaults to false: {v}");
+    assert_eq!(ws.event().await["soft"], false);
+    let (st, v) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["soft:2"], "triggered_by": "t", "soft": "yes"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (st, v["error"]["field"].clone()),
+        (400, json!("soft")),
+        "{v}"
+    );
+    // The duplicate answer keeps it.
+    let (_, dup) = s
+        .post_json(
+            "/invalidate/key",
+            &json!({"keys": ["soft:1"], "triggered_by": "t", "soft": true, "request_id": "soft-1"}),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (dup["duplicate"].clone(), dup["soft"].clone()),
+        (json!(true), json!(true))
+    );
+    let mut logs = json!(null);
+    for _ in 0..100 {
+        logs = s.get_json("/audit/logs?request_id=soft-1", None).await.1;
+        if logs["total_count"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(logs["logs"][0]["soft"], true, "{logs}");
+    let m = s.get_json("/invalidate/metrics", None).await.1;
+    assert_eq!(m["invalidations"]["soft"], 1);
+}

@@ -89,6 +89,7 @@ pub struct StoredRequest {
     /// Keys (capped for pattern invalidations).
     pub keys: Vec<String>,
     pub matched_count: u64,
+    pub soft: bool,
 }
 
 /// Counters for `/invalidate/metrics` (`audit` section).

@@ -40,8 +40,8 @@ use super::record::AuditRow;
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
 const COLUMNS: &str = "seq, request_id, triggered_by, token_name, \"timestamp\", node_id, kind, \
-                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash, scope";
-const NCOLS: i16 = 15;
+                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash, scope, soft";
+const NCOLS: i16 = 16;
 
 /// How a batch is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +132,7 @@ impl PgStore {
                  ord BIGSERIAL, seq BIGINT, request_id TEXT, triggered_by TEXT, token_name TEXT,
                  \"timestamp\" TIMESTAMPTZ, node_id TEXT, kind TEXT, pattern TEXT,
                  pattern_type TEXT, keys JSONB, matched_count BIGINT, latency_us BIGINT,
-                 latency_ms BIGINT, body_hash TEXT, scope TEXT
+                 latency_ms BIGINT, body_hash TEXT, scope TEXT, soft BOOLEAN
              ) ON COMMIT DELETE ROWS",
         )
         .execute(&mut *tx)
@@ -179,7 +179,7 @@ impl PgStore {
         let row = sqlx::query(
             "SELECT request_id, body_hash, seq, \
                     (EXTRACT(EPOCH FROM \"timestamp\") * 1000000)::int8 AS ts_us, \
-                    pattern, pattern_type, keys::text AS keys, matched_count \
+                    pattern, pattern_type, keys::text AS keys, matched_count, soft \
              FROM invalidation_audit WHERE scope = $1 AND request_id = $2",
         )
         .bind(scope.to_owned())
@@ -228,7 +228,7 @@ impl PgStore {
         let mut sql = String::from(
             "SELECT id, seq, kind, pattern, pattern_type, keys::text AS keys, matched_count, \
                     triggered_by, (EXTRACT(EPOCH FROM \"timestamp\") * 1000000)::int8 AS ts_us, \
-                    request_id, latency_us, node_id, token_name \
+                    request_id, latency_us, node_id, token_name, soft \
              FROM invalidation_audit WHERE TRUE",
         );
         let mut n = 0;
@@ -381,6 +381,11 @@ fn put_opt_text(buf: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
+fn put_bool(buf: &mut Vec<u8>, v: bool) {
+    buf.extend_from_slice(&1i32.to_be_bytes());
+    buf.push(u8::from(v));
+}
+
 fn put_i64(buf: &mut Vec<u8>, v: i64) {
     buf.extend_from_slice(&8i32.to_be_bytes());
     buf.extend_from_slice(&v.to_be_bytes());
@@ -415,6 +420,7 @@ pub fn encode_copy(rows: &[AuditRow]) -> Vec<u8> {
         put_i64(&mut buf, row.latency_ms());
         put_text(&mut buf, &row.body_hash);
         put_text(&mut buf, &row.scope);
+        put_bool(&mut buf, row.soft);
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
     buf

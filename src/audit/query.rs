@@ -186,6 +186,7 @@ pub struct LogEntry {
     pub latency_us: Option<i64>,
     pub node_id: Option<String>,
     pub token_name: Option<String>,
+    pub soft: bool,
 }
 
 impl LogEntry {
@@ -210,6 +211,7 @@ impl LogEntry {
             "latency_us": self.latency_us,
             "node_id": self.node_id,
             "token_name": self.token_name,
+            "soft": self.soft,
         })
     }
 }
@@ -304,6 +306,7 @@ mod tests {
             latency_us: Some(1_800),
             node_id: Some("n".into()),
             token_name: None,
+            soft: false,
         };
         let v = render(vec![e.clone(), e], 1, 7);
         assert_eq!(v["total_count"], 7);

@@ -56,6 +56,9 @@ pub struct AuditRow {
     pub matched_count: i64,
     pub latency_us: i64,
     pub body_hash: String,
+    /// Soft invalidation (mark stale instead of drop).
+    #[serde(default)]
+    pub soft: bool,
 }
 
 /// Replace NUL (see the module invariant); otherwise a plain copy.
@@ -98,6 +101,7 @@ impl AuditRow {
             matched_count: to_i64(inv.invalidated_count()),
             latency_us: to_i64(record.latency_us),
             body_hash: clean(&record.body_hash),
+            soft: inv.soft,
         }
     }
 
@@ -150,6 +154,7 @@ impl AuditRow {
             pattern_type: self.pattern_type,
             keys: self.keys.clone(),
             matched_count: u64::try_from(self.matched_count).unwrap_or(0),
+            soft: self.soft,
         }
     }
 }
@@ -181,6 +186,7 @@ mod tests {
             matched_count: 1,
             latency_us: 1500,
             body_hash: "h".into(),
+            soft: true,
         };
         let back: AuditRow = serde_json::from_slice(&serde_json::to_vec(&row).unwrap()).unwrap();
         assert_eq!(back, row);

@@ -13,6 +13,7 @@ where
     for<'c> &'c str: ColumnIndex<R>,
     for<'d> i64: Decode<'d, R::Database> + Type<R::Database>,
     for<'d> String: Decode<'d, R::Database> + Type<R::Database>,
+    for<'d> bool: Decode<'d, R::Database> + Type<R::Database>,
 {
     Ok(LogEntry {
         id: r.try_get("id").map_err(store_err)?,
@@ -28,6 +29,7 @@ where
         latency_us: r.try_get("latency_us").map_err(store_err)?,
         node_id: r.try_get("node_id").map_err(store_err)?,
         token_name: r.try_get("token_name").map_err(store_err)?,
+        soft: r.try_get("soft").map_err(store_err)?,
     })
 }
 
@@ -37,6 +39,7 @@ where
     for<'c> &'c str: ColumnIndex<R>,
     for<'d> i64: Decode<'d, R::Database> + Type<R::Database>,
     for<'d> String: Decode<'d, R::Database> + Type<R::Database>,
+    for<'d> bool: Decode<'d, R::Database> + Type<R::Database>,
 {
     let keys: Option<String> = r.try_get("keys").map_err(store_err)?;
     let pattern_type: Option<String> = r.try_get("pattern_type").map_err(store_err)?;
@@ -62,5 +65,6 @@ where
                 .unwrap_or(0),
         )
         .unwrap_or(0),
+        soft: r.try_get("soft").map_err(store_err)?,
     })
 }

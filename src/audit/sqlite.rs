@@ -1,7 +1,7 @@
 //! Embedded SQLite store (the default): `<data_dir>/audit.sqlite3`, WAL mode.
 //!
 //! A batch is one transaction of multi-row `INSERT ... ON CONFLICT (scope, request_id) DO NOTHING`
-//! statements of [`ROWS_PER_STATEMENT`] rows (15 binds each, well under SQLite's 32,766
+//! statements of [`ROWS_PER_STATEMENT`] rows (16 binds each, well under SQLite's 32,766
 //! variable limit), so every write is already idempotent and replays need no special path.
 //! Measured on this machine kind: 100k rows in one such transaction take ~165 ms.
 //!
@@ -25,7 +25,7 @@ use super::record::AuditRow;
 
 pub const ROWS_PER_STATEMENT: usize = 500;
 const COLUMNS: &str = "seq, request_id, triggered_by, token_name, \"timestamp\", node_id, kind, \
-                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash, scope";
+                       pattern, pattern_type, keys, matched_count, latency_us, latency_ms, body_hash, scope, soft";
 
 /// A connected, migrated SQLite audit store.
 #[derive(Clone)]
@@ -82,7 +82,7 @@ impl SqliteStore {
         }
         let mut tx = self.pool.begin().await.map_err(store_err)?;
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
+            let placeholders = vec!["(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",");
             let sql = format!(
                 "INSERT INTO invalidation_audit ({COLUMNS}) VALUES {placeholders} \
                  ON CONFLICT (scope, request_id) DO NOTHING"
@@ -104,7 +104,8 @@ impl SqliteStore {
                     .bind(row.latency_us)
                     .bind(row.latency_ms())
                     .bind(row.body_hash.clone())
-                    .bind(row.scope.clone());
+                    .bind(row.scope.clone())
+                    .bind(row.soft);
             }
             query.execute(&mut *tx).await.map_err(store_err)?;
         }
@@ -140,7 +141,7 @@ impl SqliteStore {
     ) -> Result<Option<StoredRequest>, AuditError> {
         let row = sqlx::query(
             "SELECT request_id, body_hash, seq, \"timestamp\" AS ts_us, pattern, pattern_type, \
-                    keys, matched_count \
+                    keys, matched_count, soft \
              FROM invalidation_audit WHERE scope = ? AND request_id = ?",
         )
         .bind(scope.to_owned())
@@ -189,7 +190,7 @@ impl SqliteStore {
     ) -> Result<Vec<LogEntry>, AuditError> {
         let mut sql = String::from(
             "SELECT id, seq, kind, pattern, pattern_type, keys, matched_count, triggered_by, \
-                    \"timestamp\" AS ts_us, request_id, latency_us, node_id, token_name \
+                    \"timestamp\" AS ts_us, request_id, latency_us, node_id, token_name, soft \
              FROM invalidation_audit WHERE 1",
         );
         push_filters(&mut sql, q, true);

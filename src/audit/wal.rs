@@ -647,6 +647,7 @@ mod tests {
             matched_count: 1,
             latency_us: 10,
             body_hash: "h".into(),
+            soft: false,
         }
     }
 

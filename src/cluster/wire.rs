@@ -31,6 +31,8 @@ pub struct WireEvent {
     /// Request receipt to the publish, µs (the audit row's latency).
     #[serde(default)]
     pub latency_us: u64,
+    #[serde(default)]
+    pub soft: bool,
 }
 
 pub(super) fn of(inv: &Invalidation, body_hash: &str, latency_us: u64) -> WireEvent {
@@ -47,6 +49,7 @@ pub(super) fn of(inv: &Invalidation, body_hash: &str, latency_us: u64) -> WireEv
         pattern_source: inv.pattern().map(|p| p.source().to_string()),
         matched_count: inv.invalidated_count(),
         latency_us,
+        soft: inv.soft,
     }
 }
 
@@ -90,6 +93,7 @@ impl WireEvent {
             published_at_us: self.published_at_us,
             node_id: Arc::from(self.node_id.as_str()),
             target,
+            soft: self.soft,
         })
     }
 
@@ -114,6 +118,7 @@ impl WireEvent {
             matched_count: i64::try_from(self.matched_count).unwrap_or(i64::MAX),
             latency_us: i64::try_from(self.latency_us).unwrap_or(i64::MAX),
             body_hash: self.body_hash.clone(),
+            soft: self.soft,
         })
     }
 }

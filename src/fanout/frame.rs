@@ -114,6 +114,9 @@ struct EventJson<'a> {
     keys: EventKeys<'a>,
     pattern: Option<&'a str>,
     pattern_type: Option<&'static str>,
+    /// Tags of a tag invalidation; null for keys and patterns.
+    tags: Option<&'a [String]>,
+    soft: bool,
 }
 
 /// The parts of an `invalidate` frame that do not depend on the receiving connection;
@@ -146,6 +149,8 @@ impl<'a> EventEncoder<'a> {
             keys,
             pattern: inv.pattern().map(|p| p.canonical()),
             pattern_type: inv.pattern_type().map(|t| t.as_str()),
+            tags: None,
+            soft: inv.soft,
         };
         json_frame(&value)
     }

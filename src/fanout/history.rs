@@ -167,6 +167,7 @@ mod tests {
             published_at_us: 0,
             node_id: Arc::from("n"),
             target: Target::Keys(vec!["k".into()]),
+            soft: false,
         })
     }
 

@@ -47,6 +47,7 @@ fn key_inv(seq: u64, keys: &[&str]) -> Arc<Invalidation> {
         published_at_us: 1_736_937_000_123_000,
         node_id: Arc::from("node-t"),
         target: Target::Keys(keys.iter().map(|s| s.to_string()).collect()),
+        soft: false,
     })
 }
 
@@ -63,6 +64,7 @@ fn pattern_inv(seq: u64, src: &str) -> Arc<Invalidation> {
             matched_keys: vec![],
             matched_count: 0,
         },
+        soft: false,
     })
 }
 

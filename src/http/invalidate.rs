@@ -27,17 +27,19 @@ fn response(
     pattern: Option<(&str, PatternType)>,
     keys: &[String],
     count: u64,
+    soft: bool,
 ) -> Value {
     let published_at = crate::time::format_us(published_at_us);
     match pattern {
         None => json!({
             "success": true, "invalidated_count": count, "keys": keys, "request_id": request_id,
-            "published_at": published_at, "seq": seq, "duplicate": false,
+            "published_at": published_at, "seq": seq, "duplicate": false, "soft": soft,
         }),
         Some((p, t)) => json!({
             "success": true, "pattern": p, "pattern_type": t.as_str(), "matched_keys": keys,
             "invalidated_count": count, "matched_keys_truncated": count > keys.len() as u64,
             "request_id": request_id, "published_at": published_at, "seq": seq, "duplicate": false,
+            "soft": soft,
         }),
     }
 }
@@ -51,6 +53,7 @@ fn response_of(inv: &Invalidation) -> Value {
         pattern,
         inv.keys(),
         inv.invalidated_count(),
+        inv.soft,
     )
 }
 
@@ -68,6 +71,7 @@ fn response_of_stored(s: &StoredRequest) -> Value {
         pattern,
         &s.keys,
         count,
+        s.soft,
     )
 }
 
@@ -205,6 +209,7 @@ pub async fn keys(
                 triggered_by: req.triggered_by,
                 token_name: who.name.clone(),
                 target: Target::Keys(req.keys),
+                soft: req.soft,
                 body_hash: fingerprint,
                 received,
             };
@@ -264,6 +269,7 @@ pub async fn pattern(
                     matched_keys,
                     matched_count,
                 },
+                soft: req.soft,
                 body_hash: fingerprint,
                 received,
             };

@@ -29,6 +29,8 @@ struct RawBody<'a> {
     triggered_by: Option<&'a RawValue>,
     #[serde(borrow, default)]
     request_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    soft: Option<&'a RawValue>,
 }
 
 /// A validated `POST /invalidate/key` body.
@@ -38,6 +40,8 @@ pub struct KeyRequest {
     pub keys: Vec<String>,
     pub triggered_by: String,
     pub request_id: Option<String>,
+    /// Mark stale instead of dropping (SPEC "Soft invalidation").
+    pub soft: bool,
 }
 
 /// A validated `POST /invalidate/pattern` body (the pattern is not compiled yet).
@@ -48,6 +52,7 @@ pub struct PatternRequest {
     pub cache_keys: Vec<String>,
     pub triggered_by: String,
     pub request_id: Option<String>,
+    pub soft: bool,
 }
 
 fn split(body: &[u8]) -> Result<RawBody<'_>, ApiError> {
@@ -114,7 +119,8 @@ fn check_text(s: &str, field: &'static str, what: &str, max: usize) -> Result<()
     Ok(())
 }
 
-fn common(raw: &RawBody<'_>, limits: &Limits) -> Result<(String, Option<String>), ApiError> {
+/// The fields every invalidation body shares: `triggered_by`, `request_id`, `soft`.
+fn common(raw: &RawBody<'_>, limits: &Limits) -> Result<(String, Option<String>, bool), ApiError> {
     let triggered_by: String = required(
         decode(raw.triggered_by, "triggered_by", "a string")?,
         "triggered_by",
@@ -134,7 +140,8 @@ fn common(raw: &RawBody<'_>, limits: &Limits) -> Result<(String, Option<String>)
             limits.max_request_id_bytes,
         )?;
     }
-    Ok((triggered_by, request_id))
+    let soft: bool = decode(raw.soft, "soft", "a boolean")?.unwrap_or(false);
+    Ok((triggered_by, request_id, soft))
 }
 
 /// Validate a list of keys: count, each key's text; duplicates removed keeping first order.
@@ -187,11 +194,12 @@ pub fn parse_key_request(body: &[u8], limits: &Limits) -> Result<KeyRequest, Api
         return Err(ApiError::validation("keys", "`keys` must not be empty"));
     }
     let keys = key_list(keys, "keys", limits.max_keys, limits)?;
-    let (triggered_by, request_id) = common(&raw, limits)?;
+    let (triggered_by, request_id, soft) = common(&raw, limits)?;
     Ok(KeyRequest {
         keys,
         triggered_by,
         request_id,
+        soft,
     })
 }
 
@@ -213,13 +221,14 @@ pub fn parse_pattern_request(body: &[u8], limits: &Limits) -> Result<PatternRequ
     let cache_keys: Vec<String> =
         decode(raw.cache_keys, "cache_keys", "an array of strings")?.unwrap_or_default();
     let cache_keys = key_list(cache_keys, "cache_keys", limits.max_cache_keys, limits)?;
-    let (triggered_by, request_id) = common(&raw, limits)?;
+    let (triggered_by, request_id, soft) = common(&raw, limits)?;
     Ok(PatternRequest {
         pattern,
         pattern_type,
         cache_keys,
         triggered_by,
         request_id,
+        soft,
     })
 }
 

@@ -115,6 +115,8 @@ pub struct RequestCounters {
     pub total: AtomicU64,
     pub keys_total: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Accepted soft invalidations.
+    pub soft: AtomicU64,
     by_type: [AtomicU64; 5],
     rejected: [AtomicU64; ErrorCode::ALL.len()],
     pub rate: RateWindow,
@@ -128,6 +130,7 @@ impl RequestCounters {
             total: AtomicU64::new(0),
             keys_total: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
+            soft: AtomicU64::new(0),
             by_type: Default::default(),
             rejected: Default::default(),
             rate: RateWindow::new(start),

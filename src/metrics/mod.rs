@@ -42,6 +42,11 @@ impl Metrics {
     /// Count one accepted invalidation.
     pub fn record_accepted(&self, inv: &Invalidation, latency_us: u64) {
         self.latency.record(latency_us);
+        if inv.soft {
+            self.requests
+                .soft
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match &inv.target {
             Target::Keys(keys) => {
                 self.requests

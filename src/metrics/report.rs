@@ -70,6 +70,7 @@ impl Snapshot<'_> {
                 "total": r.total.load(std::sync::atomic::Ordering::Relaxed),
                 "keys_total": r.keys_total.load(std::sync::atomic::Ordering::Relaxed),
                 "duplicates": r.duplicates.load(std::sync::atomic::Ordering::Relaxed),
+                "soft": r.soft.load(std::sync::atomic::Ordering::Relaxed),
                 "rejected": r.rejected_total(),
                 "rejected_by_code": rejected_by_code,
                 "by_type": by_type,
@@ -160,6 +161,13 @@ pub fn prometheus_text(s: &Snapshot<'_>) -> String {
         "counter",
         "Requests answered from idempotency.",
         &one(r.duplicates.load(Relaxed)),
+    );
+    metric(
+        &mut out,
+        "invalidator_soft_invalidations_total",
+        "counter",
+        "Accepted soft invalidations (mark stale instead of drop).",
+        &one(r.soft.load(Relaxed)),
     );
     let by_type: Vec<(String, f64)> = PatternType::ALL
         .iter()

@@ -98,6 +98,7 @@ fn inv(seq: u64, key: &str) -> Arc<Invalidation> {
         published_at_us: 0,
         node_id: Arc::from("n1"),
         target: Target::Keys(vec![key.to_string()]),
+        soft: false,
     })
 }
 
