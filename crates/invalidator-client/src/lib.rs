@@ -435,6 +435,8 @@ impl<C: LocalCache> CacheClient<C> {
                         let key = key.to_string();
                         let mut tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
                         tags.extend(h.shared.held.lock().tags(&key));
+                        tags.sort_unstable();
+                        tags.dedup();
                         tokio::spawn(async move {
                             let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
                             if let Err(e) = h.fill(&key, &tags, load).await {
