@@ -99,7 +99,10 @@ impl Session {
             }
         };
         engine::start(shared, &mut s.conn);
-        s.flush().await?;
+        if let Err(e) = s.flush().await {
+            shared.status.send_modify(|st| st.resuming = false);
+            return Err(e);
+        }
         let mut sessions = 0;
         shared.status.send_modify(|st| {
             st.connected = true;
