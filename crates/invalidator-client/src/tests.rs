@@ -567,7 +567,7 @@ fn staleness_limit() {
 #[tokio::test]
 async fn stale_entries_expire_after_max_staleness() {
     let (c, _) = client_with(
-        opts().max_staleness(Duration::from_millis(50)),
+        opts().max_staleness(Duration::from_millis(300)),
         BoundedCache::new(100),
     );
     let mut conn = session(&c);
@@ -578,7 +578,7 @@ async fn stale_entries_expire_after_max_staleness() {
         event(11, json!({"keys": ["a"], "soft": true})),
     );
     assert!(c.get("a").is_some());
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(c.get("a").is_none(), "past max staleness it is a miss");
     assert!(c.get_entry("a").is_some(), "the raw entry is still there");
 }
@@ -640,15 +640,15 @@ async fn a_stale_entry_is_served_while_exactly_one_refetch_runs() {
     );
     // Many readers: all get the stale value at once, one refetch starts.
     for _ in 0..20 {
-        let l = loader(&calls, Duration::from_millis(100));
-        let v = tokio::time::timeout(Duration::from_millis(50), c.get_or_fill("k", l))
+        let l = loader(&calls, Duration::from_millis(300));
+        let v = tokio::time::timeout(Duration::from_millis(250), c.get_or_fill("k", l))
             .await
             .expect("a stale hit does not wait for the refetch")
             .unwrap();
         assert_eq!(v, "k#1");
     }
     assert!(c.shared().flights.is_running("k"));
-    tokio::time::sleep(Duration::from_millis(250)).await; // the refetch finishes
+    tokio::time::sleep(Duration::from_millis(800)).await; // the refetch finishes
     assert_eq!(calls.load(Ordering::SeqCst), 2, "one refetch");
     let e = c.get_entry("k").unwrap();
     assert_eq!((e.value.as_str(), e.is_stale()), ("k#2", false));
@@ -662,10 +662,13 @@ async fn an_invalidation_during_a_load_keeps_the_value_out_of_the_cache() {
     let calls = Arc::new(AtomicUsize::new(0));
     let reader = {
         let c = c.clone();
-        let l = loader(&calls, Duration::from_millis(100));
+        let l = loader(&calls, Duration::from_millis(300));
         tokio::spawn(async move { c.get_or_fill("k", l).await.unwrap() })
     };
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Wait until the load runs (its fill is registered).
+    while !c.shared().fills.contains("k") {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let mut conn = session(&c);
     feed(&c, &mut conn, event(11, json!({"keys": ["k"]})));
     assert_eq!(
