@@ -246,14 +246,16 @@ async fn nats_restart(
 ) -> Result<Outcome, BoxError> {
     let db = db.ok_or("nats-restart needs PostgreSQL")?;
     let (mut n1, mut n2) = cluster_pair(a, dir, db, tag).await?;
-    let load = Load::start(&n1.addr(), a.connections, tag, "chaos").await?;
+    // Subscribed before the first request, so every acknowledged event is owed to it.
     let sub = Subscriber::start(&n2.addr(), "chaos:*").await?;
+    sub.subscribed().await?;
+    let load = Load::start(&n1.addr(), a.connections, tag, "chaos").await?;
     tokio::time::sleep(Duration::from_secs_f64(a.before_secs)).await;
     restart_nats()?;
     tokio::time::sleep(Duration::from_secs_f64(a.after_secs)).await;
     let mut ledger = load.stop().await;
     wait_rows(db, tag, ledger.acked.len(), Duration::from_secs(60)).await?;
-    ledger.pushed = sub.stop(&ledger.acked, Duration::from_secs(20)).await;
+    ledger.pushed = sub.stop(&ledger.acked, Duration::from_secs(60)).await;
     n1.stop();
     n2.stop();
     drop_stream(&a.nats, tag).await;
@@ -670,12 +672,20 @@ impl Load {
 /// disconnect, as a cache manager does.
 struct Subscriber {
     seen: Arc<Mutex<HashSet<String>>>,
+    /// Set once the first `subscribed` reply arrived.
+    ready: Arc<AtomicBool>,
+    /// `reset` frames received (each says events may have been missed).
+    resets: Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Subscriber {
     async fn start(addr: &str, pattern: &str) -> Result<Subscriber, BoxError> {
         let seen = Arc::new(Mutex::new(HashSet::new()));
+        let resets = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r = resets.clone();
+        let ready = Arc::new(AtomicBool::new(false));
+        let rd = ready.clone();
         let (url, pattern, s) = (format!("ws://{addr}/ws"), pattern.to_string(), seen.clone());
         let task = tokio::spawn(async move {
             let mut position: Option<(String, u64)> = None;
@@ -704,6 +714,11 @@ impl Subscriber {
                                 v["seq"].as_u64().unwrap_or(0),
                             ));
                         }
+                        Some("subscribed") => rd.store(true, Ordering::Release),
+                        Some("reset") => {
+                            r.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("chaos subscriber: reset {}", v["reason"]);
+                        }
                         Some("invalidate") => {
                             if let Some(id) = v["request_id"].as_str() {
                                 s.lock().insert(id.to_string());
@@ -717,7 +732,23 @@ impl Subscriber {
                 }
             }
         });
-        Ok(Subscriber { seen, task })
+        Ok(Subscriber {
+            seen,
+            ready,
+            resets,
+            task,
+        })
+    }
+
+    /// Wait (at most 10 s) for the subscription to be in place.
+    async fn subscribed(&self) -> Result<(), BoxError> {
+        for _ in 0..200 {
+            if self.ready.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("the subscriber was not subscribed within 10 s".into())
     }
 
     /// Wait (at most `within`) until every acknowledged id was pushed; what was seen.
@@ -727,6 +758,18 @@ impl Subscriber {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         self.task.abort();
-        Some(self.seen.lock().clone())
+        let seen = self.seen.lock().clone();
+        let missing: Vec<&String> = acked
+            .iter()
+            .filter(|id| !seen.contains(*id))
+            .take(5)
+            .collect();
+        if !missing.is_empty() {
+            eprintln!(
+                "chaos subscriber: {} resets; not pushed, e.g. {missing:?}",
+                self.resets.load(Ordering::Relaxed)
+            );
+        }
+        Some(seen)
     }
 }

@@ -18,7 +18,7 @@ if [ "$mode" = long ]; then default_out=bench-results/chaos-long.json; else defa
 out=${CHAOS_JSON:-$default_out}
 mkdir -p "$(dirname "$out")"
 if [ "$mode" = long ]; then
-  cargo build --release --bins
+  [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --bins
   bin=target/release/invalidator load=target/release/invalidator-load
   "$load" --threads 2 chaos kill9-sqlite --runs 10 --bin "$bin" --json "$out.kill9-sqlite"
   "$load" --threads 2 chaos kill9-postgres --runs 10 --bin "$bin" --json "$out.kill9-postgres"
