@@ -288,7 +288,10 @@ export class CacheClient<V = unknown> {
     return { ...this.state };
   }
 
-  /** Wait until `cond` holds for the status; resolves false after `timeoutMs`. */
+  /**
+   * Wait until `cond` holds; resolves false after `timeoutMs`. `cond` is re-checked after
+   * every frame and every stored fill (so it may test the cache as well as the status).
+   */
   waitUntil(cond: (s: Status) => boolean, timeoutMs = 10_000): Promise<boolean> {
     if (cond(this.status)) return Promise.resolve(true);
     return new Promise((resolve) => {
@@ -376,11 +379,15 @@ export class CacheClient<V = unknown> {
 
   /** Store `value` unless the token's key was invalidated since {@link beginFill}. */
   completeFill(token: FillToken, value: V): boolean {
-    return this.fills.complete(token, (key) => {
+    const stored = this.fills.complete(token, (key) => {
       const entry: CacheEntry<V> = { value, storedAt: this.now() };
       if (token.tags.length > 0) entry.tags = token.tags;
       this.cache.set(key, entry);
     });
+    // A store is a local change no frame announces (a background refresh ends here):
+    // re-check the waitUntil conditions, or they would sleep until the next frame.
+    if (stored) this.wake();
+    return stored;
   }
 
   /** Give a fill up (the load failed). */
@@ -494,8 +501,13 @@ export class CacheClient<V = unknown> {
   }
 
   private changed(): void {
-    for (const w of [...this.waiters]) w();
+    this.wake();
     if (this.listeners.status.size > 0) this.emit("status", this.status);
+  }
+
+  /** Re-check every pending {@link waitUntil} condition. */
+  private wake(): void {
+    for (const w of [...this.waiters]) w();
   }
 
   private connectUrl(): { url: string; headers: Record<string, string> } {
