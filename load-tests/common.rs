@@ -1,7 +1,6 @@
 //! Pieces shared by the scenarios: histogram summaries, a progress bar, server CPU time.
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -43,7 +42,8 @@ pub fn fmt_us(h: &Histogram<u64>) -> String {
     )
 }
 
-/// A progress bar on stderr, redrawn every 200 ms until dropped.
+/// A progress bar on stderr (indicatif; hidden when stderr is not a terminal, so CI logs and
+/// pipes stay clean), filled by time over the run, with the count done and the current rate.
 pub struct Progress {
     stop: Arc<AtomicBool>,
     handle: Option<std::thread::JoinHandle<()>>,
@@ -54,6 +54,13 @@ impl Progress {
     pub fn start(label: &'static str, duration: Duration, done: Arc<AtomicU64>) -> Progress {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
+        let bar = indicatif::ProgressBar::new(duration.as_millis().max(1) as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {percent:>3}%  {msg}")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(label);
         let handle = std::thread::spawn(move || {
             let start = Instant::now();
             let mut last = (start, 0u64);
@@ -63,17 +70,10 @@ impl Progress {
                 let n = done.load(Ordering::Relaxed);
                 let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
                 last = (now, n);
-                let frac = (start.elapsed().as_secs_f64() / duration.as_secs_f64()).min(1.0);
-                let filled = (frac * 30.0) as usize;
-                eprint!(
-                    "\r{label} [{}{}] {:>3.0}%  {n} done  {rate:>9.0}/s ",
-                    "=".repeat(filled),
-                    " ".repeat(30 - filled),
-                    frac * 100.0
-                );
-                let _ = std::io::stderr().flush();
+                bar.set_position(start.elapsed().as_millis() as u64);
+                bar.set_message(format!("{n} done  {rate:>9.0}/s"));
             }
-            eprintln!();
+            bar.finish_and_clear();
         });
         Progress {
             stop,

@@ -144,16 +144,8 @@ pub struct TokenConfigError {
 }
 
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-        let hi = (chunk[0] as char).to_digit(16)?;
-        let lo = (chunk[1] as char).to_digit(16)?;
-        out[i] = (hi * 16 + lo) as u8;
-    }
+    hex::decode_to_slice(s.trim(), &mut out).ok()?;
     Some(out)
 }
 
@@ -290,7 +282,7 @@ mod tests {
     fn tokens_scopes_and_errors() {
         let mut hashed = token("h", "x", &["metrics"], None);
         hashed.token = None;
-        hashed.token_sha256 = Some(crate::http::request::hex(&Sha256::digest(b"hashed-secret")));
+        hashed.token_sha256 = Some(hex::encode(Sha256::digest(b"hashed-secret")));
         let a = Authenticator::new(&[
             token("svc", "s3cret", &["invalidate"], Some(&["orders:"])),
             hashed,

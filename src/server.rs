@@ -235,10 +235,9 @@ pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
 /// Serve until `shutdown` resolves, then drain.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     // Each connection task watches this channel and starts a graceful close when it flips;
-    // `live` counts connection tasks so shutdown can wait for them.
+    // `live` tracks connection tasks so shutdown can wait for them.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let live = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut tasks = 0u32;
+    let live = tokio_util::task::TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
@@ -260,9 +259,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
                 let mut stop = stop_rx.clone();
-                let live = live.clone();
-                tasks += 1;
-                tokio::spawn(async move {
+                live.spawn(async move {
                     let mut conn = std::pin::pin!(conn);
                     let result = tokio::select! {
                         r = conn.as_mut() => r,
@@ -274,7 +271,6 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
-                    live.add_permits(1);
                 });
             }
             _ = &mut shutdown => break,
@@ -291,7 +287,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     let _ = tokio::time::timeout_at(ws_deadline, app.hub.wait_closed()).await;
     let _ = stop_tx.send(true);
     let requests_deadline = deadline - app.config.shutdown_timeout.mul_f64(0.4);
-    let all_done = live.acquire_many(tasks);
+    live.close();
+    let all_done = live.wait();
     if tokio::time::timeout_at(requests_deadline, all_done)
         .await
         .is_err()

@@ -265,17 +265,7 @@ pub fn body_fingerprint(endpoint: Endpoint, body: &[u8]) -> String {
     h.update(endpoint.as_str().as_bytes());
     h.update(b"\n");
     h.update(canonical.as_bytes());
-    hex(&h.finalize())
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]
