@@ -26,7 +26,7 @@ if [ "$mode" = long ]; then
   "$load" --threads 2 chaos nats-restart --runs 3 --bin "$bin" --json "$out.nats-restart"
   "$load" --threads 2 chaos node-kill --runs 3 --bin "$bin" --json "$out.node-kill"
 else
-  [ -x target/debug/invalidator-load ] || cargo build --bins
+  [ -x target/debug/invalidator-load ] || cargo build --workspace --bins
   target/debug/invalidator-load --threads 2 chaos all --bin target/debug/invalidator \
     --before-secs 1.5 --after-secs 1.5 --json "$out"
 fi

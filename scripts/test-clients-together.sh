@@ -73,7 +73,7 @@ die() {
 
 [[ -x "$BIN" ]] || die "no server binary at $BIN (run cargo build, or set INVALIDATOR_BIN)"
 echo "clients-together: building the Rust example"
-(cd "$ROOT" && cargo build -q -p invalidator-client --example cache_manager) || die "cargo build failed"
+(cd "$ROOT" && cargo build -q --workspace --example cache_manager) || die "cargo build failed"
 RUST_EXAMPLE="$ROOT/target/debug/examples/cache_manager"
 [[ -x "$RUST_EXAMPLE" ]] || die "no $RUST_EXAMPLE after the build"
 
