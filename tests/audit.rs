@@ -55,7 +55,7 @@ fn pattern_inv(seq: u64, pattern: &str, kind: PatternType, matched: &[&str]) -> 
             matched_keys: matched.iter().map(|k| k.to_string()).collect(),
             matched_count: matched.len() as u64 + 5,
         },
-        soft: seq % 2 == 0,
+        soft: seq.is_multiple_of(2),
     }
 }
 

@@ -62,7 +62,7 @@ fn canonical_pattern(
 ) -> Result<Arc<Pattern>, PatternError> {
     match patterns.get(text, Some(kind)) {
         Err(PatternError::TooLong { .. }) => {
-            let mut limits = patterns.limits().clone();
+            let mut limits = *patterns.limits();
             limits.max_pattern_bytes += 1;
             Pattern::parse(text, Some(kind), &limits).map(Arc::new)
         }
