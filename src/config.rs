@@ -104,6 +104,28 @@ impl Default for AuditConfig {
     }
 }
 
+/// HTTP connection settings (SPEC "Connections, timeouts and budgets").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A request's headers must arrive within this long (seconds), or the connection closes.
+    pub header_timeout_secs: u64,
+    /// Most open connections in all; past it a new connection is closed at once, and counted.
+    pub max_connections: usize,
+    /// Most open connections from one client IP.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout_secs: 10,
+            max_connections: 50_000,
+            max_connections_per_ip: 10_000,
+        }
+    }
+}
+
 /// WebSocket fan-out settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -175,6 +197,7 @@ pub struct FileConfig {
     pub limits: Limits,
     pub audit: AuditConfig,
     pub ws: WsConfig,
+    pub http: HttpConfig,
     pub cluster: crate::cluster::ClusterConfig,
     pub tokens: Vec<TokenConfig>,
 }
@@ -192,6 +215,7 @@ pub struct Config {
     pub limits: Limits,
     pub audit: AuditConfig,
     pub ws: WsConfig,
+    pub http: HttpConfig,
     pub cluster: crate::cluster::ClusterConfig,
     pub tokens: Vec<TokenConfig>,
     /// One deadline for the whole graceful shutdown (requests, WebSockets, audit drain).
@@ -210,6 +234,7 @@ impl Default for Config {
             limits: Limits::default(),
             audit: AuditConfig::default(),
             ws: WsConfig::default(),
+            http: HttpConfig::default(),
             cluster: Default::default(),
             tokens: Vec::new(),
             shutdown_timeout: Duration::from_secs(25),

@@ -211,6 +211,7 @@ fn resolve_config(a: ServeArgs) -> Result<Config, String> {
         limits: file.limits,
         audit: file.audit,
         ws: file.ws,
+        http: file.http,
         cluster: file.cluster,
         tokens,
         shutdown_timeout: a

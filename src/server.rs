@@ -238,11 +238,16 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     // `live` tracks connection tasks so shutdown can wait for them.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let live = tokio_util::task::TaskTracker::new();
+    let conns = ConnectionCaps::new(
+        app.config.http.max_connections,
+        app.config.http.max_connections_per_ip,
+    );
+    let header_timeout = Duration::from_secs(app.config.http.header_timeout_secs.max(1));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of descriptors and the like: back off instead of spinning.
@@ -251,10 +256,21 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                         continue;
                     }
                 };
+                // Over a connection cap the connection is closed at once (and counted); the
+                // slot is released when the connection task ends.
+                let Some(slot) = conns.admit(peer.ip()) else {
+                    app.metrics.limits.refused_connection();
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let app = app.clone();
                 let service = service_fn(move |req| crate::http::handle(app.clone(), req));
+                // Headers must arrive within `http.header_timeout_secs` (hyper needs a timer for
+                // its header timeout, or the timeout is silently off).
                 let conn = http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(header_timeout)
                     .keep_alive(true)
                     .serve_connection(TokioIo::new(stream), service)
                     .with_upgrades();
@@ -271,6 +287,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    drop(slot);
                 });
             }
             _ = &mut shutdown => break,
@@ -298,6 +315,64 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl Future<O
     tracing::info!("draining the audit pipeline");
     app.audit.shutdown(deadline).await;
     tracing::info!("shutdown complete");
+}
+
+/// The global and per-IP connection caps (`http.max_connections`, `http.max_connections_per_ip`).
+/// Cost: one short lock per accepted and per closed connection; memory one map entry per client
+/// IP with an open connection.
+struct ConnectionCaps {
+    inner: Arc<parking_lot::Mutex<CapState>>,
+    max: usize,
+    max_per_ip: usize,
+}
+
+#[derive(Default)]
+struct CapState {
+    total: usize,
+    per_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// An admitted connection; dropping it frees its place.
+struct Admitted {
+    inner: Arc<parking_lot::Mutex<CapState>>,
+    ip: std::net::IpAddr,
+}
+
+impl ConnectionCaps {
+    fn new(max: usize, max_per_ip: usize) -> ConnectionCaps {
+        ConnectionCaps {
+            inner: Arc::default(),
+            max: max.max(1),
+            max_per_ip: max_per_ip.max(1),
+        }
+    }
+
+    fn admit(&self, ip: std::net::IpAddr) -> Option<Admitted> {
+        let mut st = self.inner.lock();
+        let from_ip = st.per_ip.get(&ip).copied().unwrap_or(0);
+        if st.total >= self.max || from_ip >= self.max_per_ip {
+            return None;
+        }
+        st.total += 1;
+        st.per_ip.insert(ip, from_ip + 1);
+        Some(Admitted {
+            inner: self.inner.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        st.total = st.total.saturating_sub(1);
+        if let Some(n) = st.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                st.per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

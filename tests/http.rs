@@ -791,3 +791,63 @@ async fn soft_invalidation_is_carried_everywhere() {
     let m = s.get_json("/invalidate/metrics", None).await.1;
     assert_eq!(m["invalidations"]["soft"], 1);
 }
+
+/// SPEC "Connections, timeouts and budgets": a client that sends half a request and waits is
+/// cut off after `http.header_timeout_secs`, and others are served meanwhile.
+#[tokio::test]
+async fn a_half_sent_request_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::builder()
+        .config_toml("[http]\nheader_timeout_secs = 1\n")
+        .start()
+        .await;
+    let mut slow = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get("/healthz", None).await.0,
+        200,
+        "others are served meanwhile"
+    );
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), slow.read(&mut buf)).await;
+    let elapsed = started.elapsed();
+    assert!(
+        read.is_ok(),
+        "the server closed the half-sent request (or answered it)"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(4), "{elapsed:?}");
+}
+
+/// Over `http.max_connections_per_ip` a new connection is closed at once, and counted under
+/// `limits.connections`; a freed place is usable again.
+#[tokio::test]
+async fn connections_over_the_per_ip_cap_are_refused_and_counted() {
+    use tokio::io::AsyncReadExt;
+    let s = TestServer::builder()
+        .config_toml("[http]\nmax_connections_per_ip = 2\n")
+        .start()
+        .await;
+    let a = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(3), c.read(&mut buf))
+        .await
+        .expect("closed at once, not left hanging");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    drop(a);
+    let mut m = json!(null);
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (st, v) = s.get_json("/invalidate/metrics", None).await;
+        if st == 200 {
+            m = v;
+            break;
+        }
+    }
+    assert!(m["limits"]["connections"].as_u64() >= Some(1), "{m}");
+}

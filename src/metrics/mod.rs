@@ -21,6 +21,22 @@ pub struct Metrics {
     pub requests: RequestCounters,
     /// Request receipt → event queued on every matching connection, µs.
     pub latency: LatencyHistogram,
+    /// Refusals by limits counted outside the request path (connection caps).
+    pub limits: LimitCounters,
+}
+
+/// Refusals that are not an HTTP answer (a connection closed at accept).
+#[derive(Debug, Default)]
+pub struct LimitCounters {
+    pub connections: std::sync::atomic::AtomicU64,
+}
+
+impl LimitCounters {
+    /// A connection closed at once: over `http.max_connections` or `max_connections_per_ip`.
+    pub fn refused_connection(&self) {
+        self.connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Default for Metrics {
@@ -36,6 +52,7 @@ impl Metrics {
             started,
             requests: RequestCounters::new(started),
             latency: LatencyHistogram::new(),
+            limits: LimitCounters::default(),
         }
     }
 

@@ -26,8 +26,9 @@ pub struct Snapshot<'a> {
 impl Snapshot<'_> {
     /// Refusals by the limit that caused them (SPEC: every refusal counted under `limits`).
     /// Reasons counted so far: a token's rate limit (429), a body over its byte limit (413),
-    /// a slow consumer closed with 4008, and a full audit pipeline or write-ahead log failure
-    /// (the 503s of the audit path are in `rejected_by_code` under `unavailable`).
+    /// a slow consumer closed with 4008, and a connection over `http.max_connections` or
+    /// `http.max_connections_per_ip`. (The 503s of the audit path are in `rejected_by_code`
+    /// under `unavailable`.)
     pub fn limits(&self) -> Vec<(&'static str, u64)> {
         let r = &self.metrics.requests;
         vec![
@@ -37,6 +38,13 @@ impl Snapshot<'_> {
                 r.rejected_by(ErrorCode::PayloadTooLarge),
             ),
             ("slow_consumer", self.hub.slow_consumer_closes),
+            (
+                "connections",
+                self.metrics
+                    .limits
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
         ]
     }
 
