@@ -114,6 +114,9 @@ pub struct HttpConfig {
     pub max_connections: usize,
     /// Most open connections from one client IP.
     pub max_connections_per_ip: usize,
+    /// Origins (e.g. `"http://intranet.example:8080"`) a browser may call an open-mode server
+    /// from, besides the server's own.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -122,6 +125,7 @@ impl Default for HttpConfig {
             header_timeout_secs: 10,
             max_connections: 50_000,
             max_connections_per_ip: 10_000,
+            allowed_origins: Vec::new(),
         }
     }
 }

@@ -851,3 +851,57 @@ async fn connections_over_the_per_ip_cap_are_refused_and_counted() {
     }
     assert!(m["limits"]["connections"].as_u64() >= Some(1), "{m}");
 }
+
+/// SPEC "Browsers": an open-mode server refuses what a foreign web page could send it: a
+/// foreign `Origin` (also on `/ws`, before the upgrade) and a non-loopback `Host`.
+#[tokio::test]
+async fn open_mode_refuses_foreign_origins_and_hosts() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::builder()
+        .config_toml("[http]\nallowed_origins = [\"http://tools.example\"]\n")
+        .start()
+        .await;
+    let raw = async |head: String| {
+        let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut out = vec![0u8; 4096];
+        let n = c.read(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out[..n]).to_string()
+    };
+    let host = format!("127.0.0.1:{}", s.addr.port());
+    let body = r#"{"keys":["o:1"],"triggered_by":"page"}"#;
+    let post = |origin: &str, host: &str| {
+        format!(
+            "POST /invalidate/key HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let r = raw(post("http://evil.example", &host)).await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("forbidden"),
+        "{r}"
+    );
+    let r = raw(post(&format!("http://{host}"), &host)).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200"),
+        "the server's own origin: {r}"
+    );
+    let r = raw(post("http://tools.example", &host)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "an allowed origin: {r}");
+    let r = raw(format!(
+        "GET /audit/logs HTTP/1.1\r\nHost: rebound.example:{}\r\nConnection: close\r\n\r\n",
+        s.addr.port()
+    ))
+    .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "DNS rebinding: {r}");
+    let r = raw(format!(
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nOrigin: http://evil.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ))
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 403"),
+        "no upgrade for a foreign page: {r}"
+    );
+    // Clients that are not browsers send no Origin and are served as before.
+    assert_eq!(s.invalidate_keys(&["o:2"]).await.0, 200);
+}

@@ -6,6 +6,7 @@
 //! authorisation happen before the publisher is called.
 
 mod assets;
+mod browser;
 pub mod client;
 pub mod invalidate;
 pub mod request;
@@ -141,7 +142,10 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     let received = Instant::now();
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    let result = route(&app, req, &path, &method, received).await;
+    let result = match browser::check(&app, &req) {
+        Ok(()) => route(&app, req, &path, &method, received).await,
+        Err(e) => Err(e),
+    };
     Ok(match result {
         Ok(resp) => resp,
         Err(e) => {
