@@ -26,7 +26,7 @@ run() { # name durability ids(yes|no) store(sqlite|pg)
   echo "== $name (durability=$durability, request ids: $ids, store: $store)"
   "$load" keys -c "$conns" -d "$secs" --url "http://127.0.0.1:$port" --server-pid $pid "${flag[@]}" \
     --rate "${RATE:-0}" --json "bench-results/ingest-$name${RATE:+-rate$RATE}.json"
-  curl -s "http://127.0.0.1:$port/invalidate/metrics" > "bench-results/ingest-$name.metrics.json"
+  curl -s "http://127.0.0.1:$port/invalidate/metrics" > "bench-results/ingest-$name${RATE:+-rate$RATE}.metrics.json"
   kill -TERM $pid; wait $pid || true
   rm -rf "$dir"
 }

@@ -20,11 +20,11 @@ mkdir -p "$(dirname "$out")"
 if [ "$mode" = long ]; then
   [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --bins
   bin=target/release/invalidator load=target/release/invalidator-load
-  "$load" --threads 2 chaos kill9-sqlite --runs 10 --bin "$bin" --json "$out.kill9-sqlite"
-  "$load" --threads 2 chaos kill9-postgres --runs 10 --bin "$bin" --json "$out.kill9-postgres"
-  "$load" --threads 2 chaos pg-restart --runs 3 --bin "$bin" --json "$out.pg-restart"
-  "$load" --threads 2 chaos nats-restart --runs 3 --bin "$bin" --json "$out.nats-restart"
-  "$load" --threads 2 chaos node-kill --runs 3 --bin "$bin" --json "$out.node-kill"
+  "$load" --threads 2 chaos kill9-sqlite --runs 10 --bin "$bin" --json "${out%.json}-kill9-sqlite.json"
+  "$load" --threads 2 chaos kill9-postgres --runs 10 --bin "$bin" --json "${out%.json}-kill9-postgres.json"
+  "$load" --threads 2 chaos pg-restart --runs 3 --bin "$bin" --json "${out%.json}-pg-restart.json"
+  "$load" --threads 2 chaos nats-restart --runs 3 --bin "$bin" --json "${out%.json}-nats-restart.json"
+  "$load" --threads 2 chaos node-kill --runs 3 --bin "$bin" --json "${out%.json}-node-kill.json"
 else
   [ -x target/debug/invalidator-load ] || cargo build --workspace --bins
   target/debug/invalidator-load --threads 2 chaos all --bin target/debug/invalidator \
