@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AuditRecord, StoredRequest};
+use super::AuditRecord;
 use crate::event::Target;
 use crate::pattern::PatternType;
 
@@ -141,21 +141,6 @@ impl AuditRow {
     pub fn keys_json(&self) -> String {
         // Serialising a Vec<String> cannot fail.
         serde_json::to_string(&self.keys).unwrap_or_else(|_| "[]".into())
-    }
-
-    /// What the idempotency layer needs of this row.
-    pub fn to_stored(&self) -> StoredRequest {
-        StoredRequest {
-            request_id: self.request_id.clone(),
-            body_hash: self.body_hash.clone(),
-            seq: u64::try_from(self.seq).unwrap_or(0),
-            published_at_us: self.timestamp_us,
-            pattern: self.pattern.clone(),
-            pattern_type: self.pattern_type,
-            keys: self.keys.clone(),
-            matched_count: u64::try_from(self.matched_count).unwrap_or(0),
-            soft: self.soft,
-        }
     }
 }
 

@@ -86,7 +86,7 @@ fn generate_request_id() -> String {
 }
 
 /// A settled earlier request: its response marked duplicate, or 409 if the body differs.
-fn replay(app: &App, settled: &Settled, fingerprint: &str) -> Result<Value, ApiError> {
+fn replay(app: &App, settled: &Settled, fingerprint: &str) -> Result<Arc<Value>, ApiError> {
     if settled.fingerprint != fingerprint {
         return Err(ApiError::field(
             ErrorCode::RequestIdConflict,
@@ -100,33 +100,43 @@ fn replay(app: &App, settled: &Settled, fingerprint: &str) -> Result<Value, ApiE
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut v = (*settled.response).clone();
     v["duplicate"] = Value::Bool(true);
-    Ok(v)
+    Ok(Arc::new(v))
 }
 
-/// Bytes the idempotency memory charges for remembering `inv`'s response.
-fn response_bytes(inv: &Invalidation) -> usize {
-    inv.keys().iter().map(|k| k.len() + 3).sum::<usize>()
-        + inv.pattern().map_or(0, |p| p.source().len())
-        + inv.request_id.len()
+/// Bytes the idempotency memory charges for remembering a response with these keys, pattern
+/// and request id.
+fn response_bytes(keys: &[String], pattern: Option<&str>, request_id: &str) -> usize {
+    keys.iter().map(|k| k.len() + 3).sum::<usize>()
+        + pattern.map_or(0, str::len)
+        + request_id.len()
         + 160
 }
 
-/// Run `publish` at most once per `(token, request_id)` (SPEC "Idempotency").
+fn response_bytes_of(inv: &Invalidation) -> usize {
+    response_bytes(
+        inv.keys(),
+        inv.pattern().map(|p| p.source()),
+        &inv.request_id,
+    )
+}
+
+/// Run `publish` at most once per `(token, request_id)` (SPEC "Idempotency"). The response is
+/// shared with the idempotency memory, not copied.
 async fn idempotent<F, Fut>(
     app: &App,
     who: &Principal,
     request_id: Option<String>,
     fingerprint: String,
     publish: F,
-) -> Result<Value, ApiError>
+) -> Result<Arc<Value>, ApiError>
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = Result<Published, ApiError>>,
 {
     let Some(id) = request_id else {
         return match publish(generate_request_id()).await? {
-            Published::Fresh(inv) => Ok(response_of(&inv)),
-            Published::Duplicate { inv, .. } => Ok(response_of(&inv)),
+            Published::Fresh(inv) => Ok(Arc::new(response_of(&inv))),
+            Published::Duplicate { inv, .. } => Ok(Arc::new(response_of(&inv))),
         };
     };
     let scope = who.name.as_deref().unwrap_or("");
@@ -139,7 +149,8 @@ where
                     fingerprint: stored.body_hash.clone(),
                     response: Arc::new(response_of_stored(&stored)),
                 };
-                let bytes = stored.keys.iter().map(|k| k.len() + 3).sum::<usize>() + 160;
+                let bytes =
+                    response_bytes(&stored.keys, stored.pattern.as_deref(), &stored.request_id);
                 guard.complete(settled.clone(), bytes);
                 return replay(app, &settled, &fingerprint);
             }
@@ -154,15 +165,12 @@ where
     };
     match publish(id).await? {
         Published::Fresh(inv) => {
-            let resp = response_of(&inv);
-            let bytes = response_bytes(&inv);
-            guard.complete(
-                Settled {
-                    fingerprint,
-                    response: Arc::new(resp.clone()),
-                },
-                bytes,
-            );
+            let resp = Arc::new(response_of(&inv));
+            let settled = Settled {
+                fingerprint,
+                response: resp.clone(),
+            };
+            guard.complete(settled, response_bytes_of(&inv));
             Ok(resp)
         }
         Published::Duplicate {
@@ -173,7 +181,7 @@ where
                 fingerprint: original,
                 response: Arc::new(response_of(&inv)),
             };
-            guard.complete(settled.clone(), response_bytes(&inv));
+            guard.complete(settled.clone(), response_bytes_of(&inv));
             replay(app, &settled, &fingerprint)
         }
     }
@@ -184,7 +192,7 @@ pub async fn keys(
     who: &Principal,
     body: Bytes,
     received: Instant,
-) -> Result<Value, ApiError> {
+) -> Result<Arc<Value>, ApiError> {
     let req = parse_key_request(&body, &app.config.limits)?;
     if let Some(k) = req.keys.iter().find(|k| !who.allows_key(k)) {
         return Err(ApiError::field(
@@ -234,7 +242,7 @@ pub async fn pattern(
     who: &Principal,
     body: Bytes,
     received: Instant,
-) -> Result<Value, ApiError> {
+) -> Result<Arc<Value>, ApiError> {
     let req = parse_pattern_request(&body, &app.config.limits)?;
     let pattern = app
         .patterns

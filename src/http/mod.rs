@@ -176,12 +176,14 @@ async fn route(
         (&Method::POST, "/invalidate/key") => {
             let who = authenticate(app, &req, Scope::Invalidate)?;
             let body = read_body(req, app.config.limits.max_body_bytes).await?;
-            Ok(ok(invalidate::keys(app, &who, body, received).await?))
+            let v = invalidate::keys(app, &who, body, received).await?;
+            Ok(json_response(StatusCode::OK, &v))
         }
         (&Method::POST, "/invalidate/pattern") => {
             let who = authenticate(app, &req, Scope::Invalidate)?;
             let body = read_body(req, app.config.limits.max_pattern_body_bytes).await?;
-            Ok(ok(invalidate::pattern(app, &who, body, received).await?))
+            let v = invalidate::pattern(app, &who, body, received).await?;
+            Ok(json_response(StatusCode::OK, &v))
         }
         (&Method::GET, "/invalidate/metrics") => {
             authenticate(app, &req, Scope::Metrics)?;
