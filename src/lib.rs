@@ -33,7 +33,7 @@
 
 pub mod audit;
 pub mod auth;
-pub mod backoff;
+pub use invalidator_core::backoff;
 pub mod cluster;
 pub mod config;
 pub mod error;

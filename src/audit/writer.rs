@@ -72,8 +72,9 @@ impl Writer {
         done: watch::Sender<bool>,
     ) -> Writer {
         let healthy = shared.store.load().is_some();
+        // At least 1 ms: a zero base would retry a dead store in a busy loop.
         let backoff = Backoff::new(
-            Duration::from_millis(cfg.retry_initial_ms),
+            Duration::from_millis(cfg.retry_initial_ms.max(1)),
             Duration::from_millis(cfg.retry_max_ms),
         );
         let reader = WalReader::new(wal.dir());

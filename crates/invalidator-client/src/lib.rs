@@ -28,7 +28,6 @@
 //! while a `resume` is in flight: replayed events arrive then, and a disconnect mid-replay
 //! must resume from the old position again.
 
-mod backoff;
 mod cache;
 mod engine;
 pub mod fill;
@@ -46,9 +45,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use invalidator_core::pattern::PatternType;
 
-pub use backoff::Backoff;
 pub use cache::{BoundedCache, Cached, EvictionListener, LocalCache, MapCache};
 pub use fill::{FillGuard, FillToken};
+pub use invalidator_core::backoff::Backoff;
 
 use engine::Shared;
 use flight::Join;

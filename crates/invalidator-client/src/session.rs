@@ -13,11 +13,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::backoff::Backoff;
 use crate::cache::LocalCache;
 use crate::engine::{self, Conn, Reply, Shared};
 use crate::held::track_frame;
 use crate::{ClientError, ClientEvent};
+use invalidator_core::backoff::Backoff;
 
 /// Evicted keys untracked per `untrack` frame.
 const UNTRACK_CHUNK: usize = 1000;

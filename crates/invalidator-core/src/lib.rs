@@ -5,4 +5,5 @@
 //! frame types. It depends on no runtime (no tokio, no I/O), so a cache manager that links
 //! `invalidator-client` compiles this crate and nothing of the server.
 
+pub mod backoff;
 pub mod pattern;

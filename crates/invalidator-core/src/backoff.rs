@@ -1,4 +1,5 @@
-//! Reconnect delays: full-jitter exponential backoff.
+//! Retry delays: full-jitter exponential backoff, the one retry policy of the project (the
+//! client's reconnects; the server's store writer, cluster consumers and filter loader).
 //!
 //! The n-th consecutive failed attempt (counting from 0) waits a uniformly random delay in
 //! `[0, min(cap, base · 2^n)]` ("full jitter", as in the AWS architecture blog's comparison
